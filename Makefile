@@ -1,0 +1,23 @@
+# Two commands: `make reports/<paper>` (e.g. make reports/feddf) and `make test`.
+# Both create .venv on first use and install the pinned dependencies declared in pyproject.toml.
+VENV := .venv
+STAMP := $(VENV)/.installed
+PY := $(VENV)/bin/python
+SCALE ?= quick
+
+.PHONY: test venv FORCE
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	python3 -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print("\n".join(p["dependencies"] + p["optional-dependencies"]["test"]))' > $(VENV)/requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check -r $(VENV)/requirements.txt
+	touch $(STAMP)
+
+reports/%: FORCE $(STAMP)
+	$(VENV)/bin/snakemake reports/$* --config scale=$(SCALE)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+FORCE:

@@ -1,0 +1,104 @@
+"""A paper's `experiments.yaml`: the runs per scale, the paper's reported numbers and the claims.
+
+    scales:                      # smoke | quick | paper
+      quick:
+        seeds: [0, 1, 2]
+        base: {steps: 1500}      # overrides of the paper's config defaults at this scale
+        settings: [dense, drop99]  # optional: a subset of `settings` (default: all)
+    settings:                    # named settings: overrides on top of the scale's base
+      dense: {drop_ratio: 0.0}
+    reported: [...]              # the paper's numbers with provenance tags (see common/report.py)
+    claims: [...]                # comparisons over the results (see common/report.py)
+
+A run is (scale, setting, seed); its record lives at results/<scale>/<paper>/<setting>/seed<k>.json.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+SCALES = ("smoke", "quick", "paper")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown or out of range; the message names the key and the fix."""
+
+
+def experiments(paper: str) -> dict:
+    path = REPO / "papers" / paper / "experiments.yaml"
+    if not path.exists():
+        raise ConfigError(f"no experiments file for paper {paper!r} at {path}")
+    spec = yaml.safe_load(path.read_text())
+    for key in ("scales", "settings"):
+        if key not in spec:
+            raise ConfigError(f"{path}: missing top-level key {key!r}")
+    return spec
+
+
+def scale_spec(paper: str, scale: str) -> dict:
+    spec = experiments(paper)
+    if scale not in SCALES:
+        raise ConfigError(f"unknown scale {scale!r}; use one of {', '.join(SCALES)}")
+    if scale not in spec["scales"]:
+        raise ConfigError(f"paper {paper!r} defines no {scale!r} scale in its experiments.yaml")
+    return spec["scales"][scale]
+
+
+def settings(paper: str, scale: str) -> list[str]:
+    spec = experiments(paper)
+    chosen = scale_spec(paper, scale).get("settings", list(spec["settings"]))
+    unknown = [s for s in chosen if s not in spec["settings"]]
+    if unknown:
+        raise ConfigError(f"{paper}/{scale}: settings {unknown} are not defined under `settings`")
+    return list(chosen)
+
+
+def seeds(paper: str, scale: str, override: list[int] | None = None) -> list[int]:
+    return list(override) if override else list(scale_spec(paper, scale)["seeds"])
+
+
+def run_ids(paper: str, scale: str, seed_override: list[int] | None = None) -> list[str]:
+    """`<setting>/seed<k>` for every run of this paper at this scale."""
+    return [f"{s}/seed{k}" for s in settings(paper, scale) for k in seeds(paper, scale, seed_override)]
+
+
+def resolve(paper: str, scale: str, setting: str) -> dict:
+    """The overrides of one run: the scale's base, then the setting's own."""
+    spec = experiments(paper)
+    if setting not in spec["settings"]:
+        raise ConfigError(f"unknown setting {setting!r} for {paper}; known: {', '.join(spec['settings'])}")
+    return {**scale_spec(paper, scale).get("base", {}), **(spec["settings"][setting] or {})}
+
+
+def build_config(cls, overrides: dict[str, Any]):
+    """Instantiate the paper's config dataclass from overrides, rejecting unknown keys by name.
+
+    Values are coerced to the field's declared type where YAML is looser (int -> float, list -> tuple);
+    range checks live in the dataclass's own `__post_init__`."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown} for {cls.__name__}; allowed: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in overrides.items():
+        kind = hints[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        elif typing.get_origin(kind) is tuple and isinstance(value, list):
+            value = tuple(value)
+        elif kind in (int, float, str, bool) and not isinstance(value, kind):
+            raise ConfigError(f"{cls.__name__}.{key} must be {kind.__name__}, got {value!r}")
+        values[key] = value
+    return cls(**values)
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise ConfigError(message) unless condition holds: the one-liner for __post_init__ checks."""
+    if not condition:
+        raise ConfigError(message)

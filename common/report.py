@@ -1,0 +1,228 @@
+"""A paper's report: `reports/<paper>/README.md`, `figures/*.png`, `tables/*.csv` and `claims.json`.
+
+Claims come from the paper's experiments.yaml and are checked on the run summaries, paired by seed
+(the same seed means the same partition, initialisation and client sampling in every setting):
+
+    - id: drop99_matches_dense
+      text: 99 % dropping reaches the dense accuracy
+      metric: final_test_acc
+      kind: not_worse          # greater | not_worse | ratio_at_least | gap_greater
+      a: drop99
+      b: dense
+      margin: 0.005            # greater/not_worse: in the metric's units; ratio_at_least: the ratio
+      # gap_greater only: c, d -- claim (a - b) > (c - d) + margin
+
+Verdicts, with d_s the per-seed difference (or ratio) and sd its standard deviation over seeds:
+- greater:        reproduced if mean(d) - sd > margin; not reproduced if mean(d) <= margin; else inconclusive.
+- gap_greater:    as greater, on d_s = (a - b) - (c - d).
+- not_worse:      reproduced if mean(d) >= -margin; not reproduced if mean(d) + sd < -margin; else inconclusive.
+- ratio_at_least: reproduced if mean(r) - sd >= margin; not reproduced if mean(r) + sd < margin; else inconclusive.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from common.results import atomic_write_text, git_commit
+
+REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
+CLAIM_KINDS = ("greater", "not_worse", "ratio_at_least", "gap_greater")
+
+
+def _per_seed(summary: pd.DataFrame, setting: str, metric: str) -> pd.Series:
+    rows = summary[summary["setting"] == setting]
+    if rows.empty:  # a setting this scale does not run: the claim is judged on no seeds
+        return pd.Series(dtype=float)
+    if metric not in rows:
+        raise KeyError(f"metric {metric!r} not in the run summaries; have {', '.join(rows.columns)}")
+    return rows.set_index("seed")[metric].astype(float)
+
+
+def claim_statistic(claim: dict, summary: pd.DataFrame) -> pd.Series:
+    """The per-seed statistic a claim is judged on (difference, gap of differences, or ratio)."""
+    kind = claim["kind"]
+    if kind not in CLAIM_KINDS:
+        raise ValueError(f"claim {claim.get('id')!r}: unknown kind {kind!r}; use one of {CLAIM_KINDS}")
+    get = lambda key: _per_seed(summary, claim[key], claim["metric"])  # noqa: E731
+    if kind == "ratio_at_least":
+        stat = get("a") / get("b")
+    elif kind == "gap_greater":
+        stat = (get("a") - get("b")) - (get("c") - get("d"))
+    else:
+        stat = get("a") - get("b")
+    return stat.dropna()
+
+
+def verdict(kind: str, values: pd.Series | np.ndarray, margin: float = 0.0) -> str:
+    """Reproduced / not reproduced / inconclusive from per-seed values (see the module docstring)."""
+    values = np.asarray(values, dtype=float)
+    if values.size == 0:
+        return INCONCLUSIVE
+    mean = float(values.mean())
+    sd = float(values.std(ddof=1)) if values.size > 1 else 0.0
+    if kind in ("greater", "gap_greater"):
+        if mean - sd > margin:
+            return REPRODUCED
+        return NOT_REPRODUCED if mean <= margin else INCONCLUSIVE
+    if kind == "not_worse":
+        if mean >= -margin:
+            return REPRODUCED
+        return NOT_REPRODUCED if mean + sd < -margin else INCONCLUSIVE
+    if kind == "ratio_at_least":
+        if mean - sd >= margin:
+            return REPRODUCED
+        return NOT_REPRODUCED if mean + sd < margin else INCONCLUSIVE
+    raise ValueError(f"unknown claim kind {kind!r}; use one of {CLAIM_KINDS}")
+
+
+def evaluate_claims(claims: list[dict], summary: pd.DataFrame) -> list[dict]:
+    out = []
+    for claim in claims:
+        stat = claim_statistic(claim, summary)
+        margin = float(claim.get("margin", 0.0))
+        judged = verdict(claim["kind"], stat, margin) if len(stat) else "not run at this scale"
+        out.append({**claim, "verdict": judged,
+                    "mean": float(stat.mean()) if len(stat) else None,
+                    "std": float(stat.std(ddof=1)) if len(stat) > 1 else 0.0,
+                    "n_seeds": int(len(stat)), "per_seed": {int(k): float(v) for k, v in stat.items()}})
+    return out
+
+
+def mean_std(values, scale: float = 1.0, digits: int = 2) -> str:
+    values = np.asarray(values, dtype=float) * scale
+    if values.size == 0 or np.all(np.isnan(values)):
+        return "n/a"
+    values = values[~np.isnan(values)]
+    sd = values.std(ddof=1) if values.size > 1 else 0.0
+    return f"{values.mean():.{digits}f} ± {sd:.{digits}f}"
+
+
+def aggregate(summary: pd.DataFrame, metrics: list[str], scale: float = 1.0, digits: int = 2) -> pd.DataFrame:
+    """Per setting: 'mean ± std' over seeds of each metric, and the number of seeds."""
+    rows = []
+    for setting, group in summary.groupby("setting", sort=False):
+        row = {"setting": setting, "seeds": len(group)}
+        row.update({m: mean_std(group[m], scale, digits) for m in metrics})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paper_vs_ours(reported: list[dict], summary: pd.DataFrame) -> pd.DataFrame:
+    """The paper's numbers (with provenance tags) beside ours: mean ± std over seeds of the same quantity.
+
+    Each entry of `reported`: {quantity, paper, source, setting?, metric?, scale? (multiplier for ours)}."""
+    rows = []
+    for item in reported:
+        ours = "not run"
+        if item.get("setting") and item.get("metric"):
+            rows_ = summary[summary["setting"] == item["setting"]]
+            if not rows_.empty and item["metric"] in rows_:
+                ours = mean_std(rows_[item["metric"]], item.get("scale", 1.0), item.get("digits", 2))
+                ours += f" (n={len(rows_)})"
+        rows.append({"quantity": item["quantity"], "paper": item["paper"], "source": item["source"],
+                     "ours (mean ± std over seeds)": ours, "our setting": item.get("setting", "-")})
+    return pd.DataFrame(rows)
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    cols = [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for row in df.itertuples(index=False):
+        cells = []
+        for v in row:
+            if isinstance(v, float):
+                v = "n/a" if math.isnan(v) else f"{v:.4g}"
+            cells.append(str(v).replace("|", "\\|"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _margin(claim: dict) -> str:
+    margin = float(claim.get("margin", 0.0))
+    if claim["kind"] == "ratio_at_least":
+        return f"{margin:g}x"
+    return f"{margin * claim.get('scale', 1.0):g}{claim.get('unit', '')}"
+
+
+@dataclass
+class Report:
+    """Builds reports/<paper>/ piece by piece; `write()` puts README.md and claims.json in place."""
+
+    out: Path
+    title: str
+    citation: str
+    scale: str
+    paper: str
+    run_commits: list[str] = field(default_factory=list)
+    parts: list[str] = field(default_factory=list)
+    claims: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        (self.out / "figures").mkdir(parents=True, exist_ok=True)
+        (self.out / "tables").mkdir(parents=True, exist_ok=True)
+
+    def text(self, markdown: str) -> None:
+        self.parts.append(markdown.strip() + "\n")
+
+    def section(self, title: str, markdown: str = "") -> None:
+        self.parts.append(f"## {title}\n\n{markdown.strip()}\n" if markdown else f"## {title}\n")
+
+    def table(self, name: str, df: pd.DataFrame, caption: str) -> None:
+        atomic_write_text(self.out / "tables" / f"{name}.csv", df.to_csv(index=False))
+        self.parts.append(f"**{caption}** (`tables/{name}.csv`)\n\n{markdown_table(df)}\n")
+
+    def figure(self, name: str, fig, caption: str) -> None:
+        path = self.out / "figures" / f"{name}.png"
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        tmp.replace(path)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        self.parts.append(f"![{caption}](figures/{name}.png)\n\n*{caption}*\n")
+
+    def add_claims(self, claims: list[dict], summary: pd.DataFrame) -> None:
+        """Evaluate the claims and add their table (the per-seed statistic, its mean ± std, the verdict).
+
+        A claim's optional `scale` and `unit` only change how its statistic is shown (e.g. 100, " pt")."""
+        self.claims = evaluate_claims(claims, summary)
+        rows = []
+        for c in self.claims:
+            stat = {"ratio_at_least": "ratio a/b", "gap_greater": "(a−b)−(c−d)"}.get(c["kind"], "a − b")
+            value = mean_std(list(c["per_seed"].values()), c.get("scale", 1.0))
+            settings = ", ".join(str(c[k]) for k in ("a", "b", "c", "d") if k in c)
+            rows.append({"claim": c["text"], "verdict": f"**{c['verdict']}**", "statistic": f"{stat} of {c['metric']}",
+                         "settings (a, b, …)": settings, "ours": value + c.get("unit", "x" if c["kind"] == "ratio_at_least" else ""),
+                         "threshold": f"{c['kind']} {_margin(c)}", "seeds": c["n_seeds"]})
+        self.parts.append(
+            "| claim | verdict | statistic | settings (a, b, …) | ours (mean ± std over seeds) | rule | seeds |\n"
+            "|---|---|---|---|---|---|---|\n"
+            + "\n".join(f"| {r['claim']} | {r['verdict']} | {r['statistic']} | {r['settings (a, b, …)']} | "
+                        f"{r['ours']} | {r['threshold']} | {r['seeds']} |" for r in rows)
+            + "\n\nVerdict rules (per-seed paired statistic d, its seed std sd): *greater*: reproduced if "
+            "mean(d) − sd > margin, not reproduced if mean(d) ≤ margin, else inconclusive; *not_worse*: "
+            "reproduced if mean(d) ≥ −margin, not reproduced if mean(d) + sd < −margin; *ratio_at_least*: "
+            "reproduced if mean − sd ≥ margin, not reproduced if mean + sd < margin.\n")
+
+    def write(self) -> None:
+        commit = git_commit()
+        runs = ", ".join(sorted(set(self.run_commits))) or "n/a"
+        header = (
+            f"# {self.title}\n\n> {self.citation}\n\n"
+            f"| | |\n|---|---|\n| scale | `{self.scale}` |\n"
+            f"| command | `snakemake -c2 reports/{self.paper} --config scale={self.scale}` "
+            f"(or `make reports/{self.paper}`) |\n"
+            f"| report commit | `{commit}` |\n| run commits | `{runs}` |\n"
+            f"| generated | {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} |\n")
+        atomic_write_text(self.out / "README.md", header + "\n" + "\n".join(self.parts))
+        atomic_write_text(self.out / "claims.json", json.dumps(
+            [{k: c.get(k) for k in ("id", "text", "kind", "metric", "a", "b", "c", "d", "margin", "verdict",
+                                    "mean", "std", "n_seeds", "per_seed") if k in c} for c in self.claims],
+            indent=1) + "\n")

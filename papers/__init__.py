@@ -1,0 +1,1 @@
+"""Paper replications; one sub-package per paper."""
