@@ -53,6 +53,13 @@ def mlp(in_shape, num_classes, hidden=(512, 512), layer_norm=False):
     return MLP(c * h * w, tuple(hidden), num_classes, layer_norm)
 
 
+@register_model("linear")
+def linear(in_shape, num_classes):
+    """Multinomial logistic regression (a single weight matrix): the tiny model of the engine's tests."""
+    c, h, w = in_shape
+    return MLP(c * h * w, (), num_classes)
+
+
 class McMahanCNN(nn.Module):
     """CNN of McMahan et al. (2017), as FedNTD's `fedavgnet.py`: two 5x5 convs (32, 64), pool, FC 512, FC K."""
 
@@ -144,13 +151,13 @@ class ResNetCifar(nn.Module):
         if (depth - 2) % 6:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, ...), got {depth}")
         n = (depth - 2) // 6
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
         blocks, cin = [], 16
         for cout, stride in ((16, 1), (32, 2), (64, 2)):
             for i in range(n):
                 blocks.append(BasicBlock(cin, cout, stride if i == 0 else 1))
                 cin = cout
-        self.features = nn.Sequential(self.stem, *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.features = nn.Sequential(stem, *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.classifier = nn.Linear(64, num_classes)
 
     def forward(self, x):

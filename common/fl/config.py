@@ -1,0 +1,67 @@
+"""The federated setting every FL paper shares. A paper subclasses it to add its own method's knobs
+(with names that say whose they are: `prox_mu`, `ntd_tau`, ...) and to set its paper's defaults."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.experiments import check
+
+
+@dataclass(frozen=True)
+class FLConfig:
+    method: str = "fedavg"
+    dataset: str = "mnist"
+    model: str = "cnn"
+    augment: str = "none"            # none | flip_crop | flip_crop_cutout (CIFAR-style, per batch)
+    train_subset: int = 0            # 0 = the whole training split
+    test_subset: int = 0             # 0 = the whole official test split
+    # partition
+    partition: str = "dirichlet"     # iid | dirichlet | shards | any registered partition
+    alpha: float = 0.5               # Dirichlet concentration
+    shards_per_client: int = 2
+    min_client_size: int = 10
+    client_test_fraction: float = 0.0  # > 0: hold out this share of each client's data for personalised accuracy
+    n_clients: int = 20
+    participation: float = 0.5       # C: fraction of clients sampled per round
+    rounds: int = 20
+    # local training
+    local_epochs: int = 1            # E, used when local_steps == 0
+    local_steps: int = 0             # K > 0: K mini-batch steps per round instead of epochs
+    batch_size: int = 32
+    lr: float = 0.01
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    lr_decay: float = 1.0            # lr_r = lr * lr_decay ** (r - 1), per round
+    # aggregation
+    weighting: str = "size"          # size (n_k / n) | uniform (1 / K)
+    aggregate_buffers: bool = True   # average BatchNorm statistics too
+    # baselines' knobs
+    prox_mu: float = 0.01            # FedProx: mu / 2 * ||w - w_global||^2
+    server_momentum: float = 0.9     # FedAvgM: beta
+    server_lr: float = 1.0           # FedAvgM: server learning rate
+    # engine
+    vectorize: bool = True           # train the sampled clients as one vmap'd computation where possible
+    eval_every: int = 1
+    eval_batch_size: int = 2000
+
+    def __post_init__(self):
+        check(0 < self.participation <= 1, f"participation (C) must be in (0, 1], got {self.participation}")
+        check(self.alpha > 0, f"alpha must be > 0, got {self.alpha}")
+        check(self.n_clients >= 1, f"n_clients must be >= 1, got {self.n_clients}")
+        check(self.rounds >= 1, f"rounds must be >= 1, got {self.rounds}")
+        check(self.local_epochs >= 1 or self.local_steps >= 1, "need local_epochs >= 1 or local_steps >= 1")
+        check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        check(0 < self.lr_decay <= 1, f"lr_decay must be in (0, 1], got {self.lr_decay}")
+        check(self.weighting in ("size", "uniform"), f"weighting must be 'size' or 'uniform', got {self.weighting!r}")
+        check(self.augment in ("none", "flip_crop", "flip_crop_cutout"),
+              f"augment must be none, flip_crop or flip_crop_cutout, got {self.augment!r}")
+        check(0 <= self.client_test_fraction < 1, f"client_test_fraction must be in [0, 1), got {self.client_test_fraction}")
+        check(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
+        check(self.prox_mu >= 0, f"prox_mu must be >= 0, got {self.prox_mu}")
+        check(0 <= self.server_momentum < 1, f"server_momentum must be in [0, 1), got {self.server_momentum}")
+
+    @property
+    def clients_per_round(self) -> int:
+        return max(1, round(self.participation * self.n_clients))

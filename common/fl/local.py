@@ -1,0 +1,169 @@
+"""Local training of the sampled clients: one plan of batches, two paths that follow it.
+
+Shapes: K sampled clients, S steps (the most any client takes this round), B batch size.
+
+`make_plan` draws every client's batches for the round from that client's own generator (seeded by
+run seed, round and client id), so the plan, and therefore the result, does not depend on which path
+runs it or on which other clients were sampled. A client with fewer steps than S is masked out of the
+remaining steps; a partial last batch of an epoch is padded and its padding weighted 0.
+
+- `train_vectorized`: the K clients as one computation, torch.func.vmap over stacked parameters
+  (functional_call + grad), with SGD (momentum, weight decay) written out functionally.
+- `train_sequential`: client after client with torch.optim.SGD, the reference.
+Both call the method's `loss(params, buffers, x, y, w, shared, mine)`, so a method's local-loss term is
+written once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad_and_value, vmap
+
+from common import augment
+from common.train import check_finite
+
+
+@dataclass
+class Plan:
+    idx: torch.Tensor      # [K, S, B] sample indices into the training tensor (0 where padded)
+    weight: torch.Tensor   # [K, S, B] 1.0 for a real sample, 0.0 for padding
+    active: torch.Tensor   # [K, S] whether the client takes step s
+    aug: dict              # augmentation parameters, each [K, S, B]
+
+    @property
+    def steps(self) -> int:
+        return self.idx.shape[1]
+
+    @property
+    def full_batches(self) -> bool:
+        """Every step a client takes has a whole batch (what BatchNorm needs to be path-independent)."""
+        return bool(self.weight[self.active].eq(1).all())
+
+
+def client_generator(seed: int, round_: int, client: int) -> torch.Generator:
+    return torch.Generator().manual_seed(((seed * 1_000_003 + round_) * 1_000_003 + client) % (2 ** 63))
+
+
+def client_batches(n: int, batch_size: int, epochs: int, steps: int, generator: torch.Generator):
+    """Batches of one client: `steps` full batches from a stream of shuffled epochs when steps > 0, else
+    `epochs` shuffled epochs with a partial last batch. Returns (positions [S, B], weight [S, B])."""
+    if n == 0:
+        return torch.zeros(0, batch_size, dtype=torch.long), torch.zeros(0, batch_size)
+    if steps > 0:
+        order = torch.cat([torch.randperm(n, generator=generator) for _ in range(math.ceil(steps * batch_size / n))])
+        return order[:steps * batch_size].view(steps, batch_size), torch.ones(steps, batch_size)
+    per_epoch = math.ceil(n / batch_size)
+    pos = torch.zeros(epochs * per_epoch, batch_size, dtype=torch.long)
+    weight = torch.zeros(epochs * per_epoch, batch_size)
+    for e in range(epochs):
+        perm = torch.randperm(n, generator=generator)
+        padded = torch.cat([perm, perm.new_zeros(per_epoch * batch_size - n)]).view(per_epoch, batch_size)
+        pos[e * per_epoch:(e + 1) * per_epoch] = padded
+        weight[e * per_epoch:(e + 1) * per_epoch].view(-1)[:n] = 1.0
+    return pos, weight
+
+
+def make_plan(parts: list[torch.Tensor], clients: list[int], cfg, seed: int, round_: int, side: int) -> Plan:
+    idx, weights, actives, augs = [], [], [], []
+    plans = []
+    for c in clients:
+        gen = client_generator(seed, round_, c)
+        pos, w = client_batches(len(parts[c]), cfg.batch_size, cfg.local_epochs, cfg.local_steps, gen)
+        plans.append((parts[c][pos] if len(pos) else pos, w, augment.draw(cfg.augment, tuple(w.shape), side, gen)))
+    steps = max(len(p[1]) for p in plans)
+    for sample_idx, w, aug in plans:
+        pad = steps - len(w)
+        idx.append(torch.cat([sample_idx, sample_idx.new_zeros(pad, cfg.batch_size)]))
+        weights.append(torch.cat([w, w.new_zeros(pad, cfg.batch_size)]))
+        actives.append(torch.arange(steps) < len(w))
+        augs.append({k: torch.cat([v, v.new_zeros(pad, cfg.batch_size)]) for k, v in aug.items()})
+    return Plan(torch.stack(idx), torch.stack(weights), torch.stack(actives),
+                {k: torch.stack([a[k] for a in augs]) for k in (augs[0] if augs else {})})
+
+
+def batch(data, plan: Plan, s: int, k: int | slice = slice(None)):
+    """Inputs [.., B, C, H, W] (augmented, normalised), labels and weights of step s for client(s) k."""
+    idx = plan.idx[k, s]
+    aug = {name: v[k, s].reshape(-1) for name, v in plan.aug.items()}
+    x = augment.apply(data.x[idx.reshape(-1)], data.normalize, aug)
+    return x.view(*idx.shape, *x.shape[1:]), data.y[idx], plan.weight[k, s]
+
+
+def _sgd_update(p, g, buf, lr, momentum, weight_decay):
+    """torch.optim.SGD's rule (dampening 0, no Nesterov): d = g + wd * p; buf = m * buf + d; p -= lr * buf."""
+    d = g + weight_decay * p if weight_decay else g
+    if momentum:
+        buf = momentum * buf + d
+        d = buf
+    return p - lr * d, buf
+
+
+def train_vectorized(method, model: nn.Module, params: dict, buffers: dict, data, plan: Plan, lr: float,
+                     shared: dict, mine: dict) -> tuple[dict, dict, torch.Tensor]:
+    """Train K clients at once. params/buffers/mine are stacked [K, ...]; returns them trained and the mean
+    loss per client [K]."""
+    cfg = method.cfg
+    K = plan.idx.shape[0]
+    # randomness="different": a method may draw noise inside its loss (each client its own draws)
+    step = vmap(grad_and_value(method.loss, has_aux=True), in_dims=(0, 0, 0, 0, 0, None, 0),
+                randomness="different")
+    momentum = {n: torch.zeros_like(p) for n, p in params.items()} if cfg.momentum else {n: None for n in params}
+    loss_sum, steps_taken = torch.zeros(K), plan.active.sum(1).clamp_min(1)
+    for s in range(plan.steps):
+        x, y, w = batch(data, plan, s)
+        active = plan.active[:, s]
+        everyone = bool(active.all())
+        old_buffers = {} if everyone else {n: b.clone() for n, b in buffers.items()}
+        grads, (_, ce) = step(params, buffers, x, y, w, shared, mine)
+        check_finite(ce.mean(), f"local step {s}")
+        for n in params:
+            new_p, new_buf = _sgd_update(params[n], grads[n], momentum[n], lr, cfg.momentum, cfg.weight_decay)
+            if everyone:
+                params[n], momentum[n] = new_p, new_buf
+                continue
+            mask = active.view(K, *[1] * (params[n].dim() - 1))
+            params[n] = torch.where(mask, new_p, params[n])
+            if cfg.momentum:
+                momentum[n] = torch.where(mask, new_buf, momentum[n])
+        for n, old in old_buffers.items():  # a client past its last step keeps its statistics
+            buffers[n] = torch.where(active.view(K, *[1] * (old.dim() - 1)), buffers[n], old)
+        loss_sum += ce.detach() * active
+    return params, buffers, loss_sum / steps_taken
+
+
+def train_sequential(method, model: nn.Module, params: dict, buffers: dict, data, plan: Plan, lr: float,
+                     shared: dict, mine: dict) -> tuple[dict, dict, torch.Tensor]:
+    """The reference path: each client in turn, torch.optim.SGD, the same plan and loss."""
+    cfg = method.cfg
+    K = plan.idx.shape[0]
+    out_p = {n: torch.empty_like(p) for n, p in params.items()}
+    out_b = {n: torch.empty_like(b) for n, b in buffers.items()}
+    losses = torch.zeros(K)
+    for k in range(K):
+        p_k = {n: p[k].clone().requires_grad_(True) for n, p in params.items()}
+        b_k = {n: b[k].clone() for n, b in buffers.items()}
+        mine_k = {n: v[k] for n, v in mine.items()}
+        opt = torch.optim.SGD(list(p_k.values()), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        n_steps = int(plan.active[k].sum())
+        for s in range(n_steps):
+            x, y, w = batch(data, plan, s, k)
+            opt.zero_grad(set_to_none=True)
+            loss, ce = method.loss(p_k, b_k, x, y, w, shared, mine_k)
+            check_finite(ce.detach(), f"client {k}, local step {s}")
+            loss.backward()
+            opt.step()
+            losses[k] += ce.detach()
+        losses[k] /= max(1, n_steps)
+        for n in params:
+            out_p[n][k] = p_k[n].detach()
+        for n in buffers:
+            out_b[n][k] = b_k[n]
+    return out_p, out_b, losses
+
+
+def forward(model: nn.Module, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+    """The model as a function of its parameters and buffers."""
+    return functional_call(model, (params, buffers), (x,))
