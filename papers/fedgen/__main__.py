@@ -1,0 +1,9 @@
+"""`python -m papers.fedgen run|report|runs` (see common/cli.py)."""
+import sys
+
+from common.cli import main
+from papers.fedgen.config import FedGenConfig
+from papers.fedgen.figures import PAPER_ID, report
+from papers.fedgen.method import run
+
+sys.exit(main(PAPER_ID, FedGenConfig, run, report))
