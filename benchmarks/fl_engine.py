@@ -27,7 +27,9 @@ from common.fl.engine import Federation, get_method  # noqa: E402
 from common.models import build_model  # noqa: E402
 from common.results import atomic_write_text  # noqa: E402
 
-MODELS = {"mlp": "MLP 784-512-512-10", "fedgen_cnn": "FedGen's small CNN", "cnn": "McMahan CNN"}
+MODELS = {"mlp": "MLP 784-200-200-10 (McMahan et al.'s 2NN)", "fedgen_cnn": "FedGen's small CNN (~30k parameters)",
+          "cnn": "McMahan et al.'s CNN (~1.7M parameters)"}
+KWARGS = {"mlp": {"hidden": (200, 200)}}
 
 
 def matmul_gflops(threads: int, n: int = 1024, reps: int = 20) -> float:
@@ -42,7 +44,7 @@ def matmul_gflops(threads: int, n: int = 1024, reps: int = 20) -> float:
 
 
 def train_flops_per_sample(model_name: str) -> float:
-    model = build_model(model_name, (1, 28, 28), 10)
+    model = build_model(model_name, (1, 28, 28), 10, **KWARGS.get(model_name, {}))
     x = torch.randn(32, 1, 28, 28)
     with FlopCounterMode(display=False) as counter:
         model(x)
@@ -54,7 +56,7 @@ def one_round(model_name: str, n_clients: int, vectorize: bool, samples: int) ->
                    local_epochs=1, batch_size=32, lr=0.01, train_subset=samples, test_subset=100,
                    vectorize=vectorize)
     fed = Federation.build(cfg, 0)
-    method = get_method("fedavg")(cfg, fed, build_model(model_name, fed.train.shape, 10))
+    method = get_method("fedavg")(cfg, fed, build_model(model_name, fed.train.shape, 10, **KWARGS.get(model_name, {})))
     state = {k: v.clone() for k, v in method.model.state_dict().items()}
     clients = list(range(n_clients))
     method.client_update(state, clients, 1)  # warm-up

@@ -143,6 +143,18 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def load_results(paper: str, results: Path):
+    """(experiments spec, run records, per-step frame, per-run frame) of a paper's results folder."""
+    from common import experiments
+    from common.results import history_frame, load_records, summary_frame
+
+    records = load_records(Path(results).glob("*/seed*.json"))
+    if not records:
+        raise experiments.ConfigError(f"no run records under {results}: run the workflow first "
+                                      f"(snakemake reports/{paper})")
+    return experiments.experiments(paper), records, history_frame(records), summary_frame(records)
+
+
 def _margin(claim: dict) -> str:
     margin = float(claim.get("margin", 0.0))
     if claim["kind"] == "ratio_at_least":

@@ -34,3 +34,16 @@ def test_gradient_dropping_workflow(tmp_path):
     check_report(tmp_path / "reports" / "gradient_dropping", ["accuracy_curves", "bytes", "layer_density"])
     record = json.loads((tmp_path / "results/smoke/gradient_dropping/drop99/seed0.json").read_text())
     assert record["scale"] == "smoke" and record["history"] and record["bytes_sent"] > 0
+    html = tmp_path / "report.html"  # Snakemake's own HTML report, with the figures and captions
+    subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--report", str(html),
+                    "reports/gradient_dropping", "--config", "scale=smoke"], check=True, capture_output=True)
+    assert html.stat().st_size > 10_000
+
+
+@pytest.mark.workflow
+@needs_mnist
+def test_compare_workflow(tmp_path):
+    run_workflow("compare", tmp_path)
+    out = tmp_path / "reports" / "compare"
+    check_report(out, ["curves_mnist", "final_accuracy", "partitions"])
+    assert "fedprox" in (out / "tables" / "final_mnist.csv").read_text()

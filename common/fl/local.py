@@ -104,34 +104,38 @@ def _sgd_update(p, g, buf, lr, momentum, weight_decay):
 def train_vectorized(method, model: nn.Module, params: dict, buffers: dict, data, plan: Plan, lr: float,
                      shared: dict, mine: dict) -> tuple[dict, dict, torch.Tensor]:
     """Train K clients at once. params/buffers/mine are stacked [K, ...]; returns them trained and the mean
-    loss per client [K]."""
+    loss per client [K]. Clients are ordered by their number of steps, so the ones still training at step s
+    are a prefix [:k] and a finished client costs nothing."""
     cfg = method.cfg
-    K = plan.idx.shape[0]
+    n_steps = plan.active.sum(1)
+    order = torch.argsort(n_steps, descending=True, stable=True)
+    params, buffers, mine = ({n: v[order] for n, v in d.items()} for d in (params, buffers, mine))
+    plan = Plan(plan.idx[order], plan.weight[order], plan.active[order], {n: v[order] for n, v in plan.aug.items()})
+    n_steps = n_steps[order]
     # randomness="different": a method may draw noise inside its loss (each client its own draws)
     step = vmap(grad_and_value(method.loss, has_aux=True), in_dims=(0, 0, 0, 0, 0, None, 0),
                 randomness="different")
     momentum = {n: torch.zeros_like(p) for n, p in params.items()} if cfg.momentum else {n: None for n in params}
-    loss_sum, steps_taken = torch.zeros(K), plan.active.sum(1).clamp_min(1)
+    loss_sum = torch.zeros(len(order))
     for s in range(plan.steps):
-        x, y, w = batch(data, plan, s)
-        active = plan.active[:, s]
-        everyone = bool(active.all())
-        old_buffers = {} if everyone else {n: b.clone() for n, b in buffers.items()}
-        grads, (_, ce) = step(params, buffers, x, y, w, shared, mine)
+        k = int((n_steps > s).sum())
+        x, y, w = batch(data, plan, s, slice(0, k))
+        p_k = {n: v[:k] for n, v in params.items()}
+        b_k = {n: v[:k].clone() for n, v in buffers.items()}  # BatchNorm updates these in place
+        grads, (_, ce) = step(p_k, b_k, x, y, w, shared, {n: v[:k] for n, v in mine.items()})
         check_finite(ce.mean(), f"local step {s}")
         for n in params:
-            new_p, new_buf = _sgd_update(params[n], grads[n], momentum[n], lr, cfg.momentum, cfg.weight_decay)
-            if everyone:
-                params[n], momentum[n] = new_p, new_buf
-                continue
-            mask = active.view(K, *[1] * (params[n].dim() - 1))
-            params[n] = torch.where(mask, new_p, params[n])
+            m_k = momentum[n][:k] if cfg.momentum else None
+            new_p, new_m = _sgd_update(p_k[n], grads[n], m_k, lr, cfg.momentum, cfg.weight_decay)
+            params[n][:k] = new_p
             if cfg.momentum:
-                momentum[n] = torch.where(mask, new_buf, momentum[n])
-        for n, old in old_buffers.items():  # a client past its last step keeps its statistics
-            buffers[n] = torch.where(active.view(K, *[1] * (old.dim() - 1)), buffers[n], old)
-        loss_sum += ce.detach() * active
-    return params, buffers, loss_sum / steps_taken
+                momentum[n][:k] = new_m
+        for n, b in b_k.items():
+            buffers[n][:k] = b
+        loss_sum[:k] += ce.detach()
+    inverse = torch.argsort(order)
+    params, buffers = ({n: v[inverse] for n, v in d.items()} for d in (params, buffers))
+    return params, buffers, (loss_sum / n_steps.clamp_min(1))[inverse]
 
 
 def train_sequential(method, model: nn.Module, params: dict, buffers: dict, data, plan: Plan, lr: float,

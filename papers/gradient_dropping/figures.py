@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from common import experiments, plots
-from common.report import Report, aggregate, paper_vs_ours
-from common.results import history_frame, load_records, summary_frame
+from common import plots
+from common.report import Report, aggregate, load_results, paper_vs_ours
 from papers.gradient_dropping import PAPER
 
 PAPER_ID = "gradient_dropping"
@@ -83,11 +82,7 @@ def table_speedup(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def report(results: Path, out: Path, scale: str) -> None:
-    spec = experiments.experiments(PAPER_ID)
-    records = load_records(Path(results).glob("*/seed*.json"))
-    if not records:
-        raise experiments.ConfigError(f"no run records under {results}: run the workflow first")
-    hist, summary = history_frame(records), summary_frame(records)
+    spec, records, hist, summary = load_results(PAPER_ID, results)
     cfg = records[0].config
     rep = Report(out, "Gradient dropping (Aji & Heafield, 2017): sparse communication", PAPER, scale, PAPER_ID,
                  [r.commit for r in records])

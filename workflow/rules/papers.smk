@@ -34,3 +34,13 @@ rule report:
     shell:
         "{PY} -m papers.{wildcards.paper} report --scale {SCALE} --results results/{SCALE}/{wildcards.paper}"
         " --out {output} > {log} 2>&1"
+
+
+rule index:
+    input:
+        # the reports that exist (regenerate one with `snakemake reports/<paper>` first)
+        lambda wc: [f"reports/{p}/claims.json" for p in PAPERS if os.path.exists(f"reports/{p}/claims.json")],
+    output:
+        "reports/README.md",
+    shell:
+        "{PY} -m common.index"

@@ -1,0 +1,8 @@
+"""`python -m papers.compare run|report|runs` (see common/cli.py)."""
+import sys
+
+from common.cli import main
+from papers.compare.figures import PAPER_ID, report
+from papers.compare.method import CompareConfig, run
+
+sys.exit(main(PAPER_ID, CompareConfig, run, report))
