@@ -1,0 +1,261 @@
+"""FedGen: the generator's losses, the label-count weighting, where the regulariser's gradients go, the
+official data split and test splits, every Table-1 method for one round, and a smoke run of the workflow."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.func import grad
+
+from common.data import Dataset
+from common.experiments import ConfigError
+from common.fl.engine import Federation
+from common.models import build_model
+from common.results import RunRecord
+from papers.fedgen.config import FedGenConfig
+from papers.fedgen.method import (METHOD_CLASSES, ConditionalGenerator, FedGen, diversity_loss,
+                                  fedgen_dirichlet_partition, label_weights, qualified_labels, regulariser_weight,
+                                  run, teacher_loss, user_test_splits)
+from tests.conftest import needs_mnist
+from tests.test_workflow import check_report, run_workflow
+
+
+# ------------------------------------------------------------------ the generator's losses
+def test_diversity_loss_on_hand_made_tensors():
+    eps = torch.tensor([[0.0], [1.0]])
+    z = torch.tensor([[0.0, 0.0], [2.0, 2.0]])
+    # pairs (0,1) and (1,0): noise distance mean((1)^2) = 1, latent distance mean(|2|, |2|) = 2; diagonal 0
+    assert diversity_loss(eps, z).item() == pytest.approx(math.exp(-(0 + 2 + 2 + 0) / 4))
+    collapsed = torch.zeros(2, 2)
+    assert diversity_loss(eps, collapsed).item() == pytest.approx(1.0)      # no diversity: the largest loss
+    assert diversity_loss(eps, 3 * z) < diversity_loss(eps, z)              # more spread: smaller loss
+
+
+def test_label_weights_and_qualified_labels():
+    counts = torch.tensor([[1, 3, 1], [3, 1, 1]])                           # K = 2 users, C = 3 labels
+    w = label_weights(counts)                                              # [C, K]
+    assert torch.allclose(w, torch.tensor([[0.25, 0.75], [0.75, 0.25], [0.5, 0.5]]))
+    assert torch.allclose(w.sum(1), torch.ones(3))
+    assert qualified_labels(counts).tolist() == [0, 1]                      # label 2 seen by nobody (count 1)
+
+
+def test_teacher_loss_weighting_on_hand_made_tensors():
+    # two users, two samples with labels (0, 1), two classes
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 1.0]],                      # user 0
+                           [[0.0, 0.0], [3.0, 0.0]]])                     # user 1
+    y = torch.tensor([0, 1])
+    w = torch.tensor([[0.9, 0.1],                                          # label 0: user 0 holds it
+                      [0.2, 0.8]])                                         # label 1: user 1 holds it
+    ce = [[0.0, 0.0], [0.0, 0.0]]
+    for k in range(2):
+        for i in range(2):
+            ce[k][i] = -F.log_softmax(logits[k, i], 0)[y[i]].item()
+    per_sample = sum((ce[k][0] * w[0, k] + ce[k][1] * w[1, k]) / 2 for k in range(2))
+    official = sum((ce[k][0] + ce[k][1]) / 2 * (w[0, k] + w[1, k]) / 2 for k in range(2))
+    assert teacher_loss(logits, y, w, "per_sample").item() == pytest.approx(float(per_sample), rel=1e-5)
+    assert teacher_loss(logits, y, w, "official").item() == pytest.approx(float(official), rel=1e-5)
+    assert abs(float(per_sample) - float(official)) > 0.1                  # the two readings differ here
+
+
+def test_official_teacher_loss_is_the_codes_broadcast():
+    """serverpFedGen: mean(NLL [B] * weight [B, 1]) broadcasts to [B, B]; our 'official' equals that."""
+    torch.manual_seed(0)
+    logits, y = torch.randn(3, 8, 5), torch.randint(0, 5, (8,))
+    w = label_weights(torch.randint(1, 20, (3, 5)))
+    broadcast = sum(torch.mean(F.nll_loss(F.log_softmax(logits[k], 1), y, reduction="none") * w[y][:, k].reshape(-1, 1))
+                    for k in range(3))
+    assert teacher_loss(logits, y, w, "official").item() == pytest.approx(broadcast.item(), rel=1e-5)
+
+
+def test_regulariser_weights_decay_from_the_first_round():
+    assert regulariser_weight(10.0, 0.98, 1) == 10.0
+    assert regulariser_weight(10.0, 0.98, 3) == pytest.approx(10.0 * 0.98 ** 2)
+    assert regulariser_weight(10.0, 0.5, 100) == 1e-4                      # floored
+
+
+# ------------------------------------------------------------------ the generator
+def test_generator_output_shape_and_conditioning():
+    torch.manual_seed(0)
+    gen = ConditionalGenerator(num_classes=10, noise_dim=32, hidden=256, latent=32).eval()
+    eps = torch.rand(4, 32)
+    z = gen(torch.tensor([0, 1, 2, 3]), eps)
+    assert z.shape == (4, 32)
+    same_noise = eps[:1].expand(10, 32)
+    outs = gen(torch.arange(10), same_noise)
+    assert torch.cdist(outs, outs)[~torch.eye(10, dtype=torch.bool)].min() > 1e-4   # the label changes G's output
+    assert torch.allclose(gen(torch.tensor([3, 3]), same_noise[:2]), outs[3].expand(2, 32))
+    # the label enters as a one-hot after the noise ([eps ; onehot(y)] -> FC)
+    x = torch.cat([same_noise[:1], F.one_hot(torch.tensor([7]), 10).float()], 1)
+    assert torch.allclose(gen.out(gen.hidden(x)), outs[7:8], atol=1e-6)
+    z, eps = gen.sample(torch.arange(5), torch.Generator().manual_seed(1))
+    assert z.shape == (5, 32) and eps.min() >= 0 and eps.max() < 1               # uniform noise, as the code
+
+
+# ------------------------------------------------------------------ a tiny federation (no MNIST needed)
+def tiny_federation(cfg: FedGenConfig, n: int = 400) -> Federation:
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % 10
+    x = (torch.rand(n, 1, 28, 28, generator=gen) * 60 + 15 * y.view(n, 1, 1, 1)).to(torch.uint8)
+    train = Dataset("toy", "train", x, y, (0.3,), (0.3,), 10)
+    test = Dataset("toy", "test", x[:200], y[:200], (0.3,), (0.3,), 10)
+    parts = [torch.nonzero((y // 3) == (k % 4)).flatten() for k in range(cfg.n_clients)]   # label-skewed users
+    parts = [p[k // 4::2] for k, p in enumerate(parts)]
+    return Federation(cfg, 0, train, test, parts, None, None)
+
+
+def tiny_config(**kw) -> FedGenConfig:
+    base = dict(n_clients=8, participation=0.5, rounds=2, local_steps=3, gen_steps=3, latent_samples_per_label=3)
+    return FedGenConfig(**{**base, **kw})
+
+
+def fedgen_method(**kw):
+    cfg = tiny_config(**kw)
+    fed = tiny_federation(cfg)
+    model = build_model(cfg.model, fed.train.shape, 10)
+    return FedGen(cfg, fed, model), {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_synthetic_cross_entropy_reaches_only_the_last_layer():
+    method, state = fedgen_method(gen_beta=0.0)                             # synthetic CE alone
+    shared, _ = method.round_context(state, [0, 1], round_=2)
+    assert method.alpha_t > 0 and method.beta_t == 1e-4                     # the code floors the weights at 1e-4
+    method.beta_t = 0.0
+    params = {n: state[n] for n in method.param_names}
+    buffers = {n: state[n] for n in method.buffer_names}
+    x = method.fed.train.normalize(method.fed.train.x[:8])
+    y, w = method.fed.train.y[:8], torch.ones(8)
+
+    def penalty(p):
+        from common.fl.local import forward
+        return method.local_penalty(p, x, y, w, forward(method.eval_model, p, buffers, x), shared, {})
+
+    g = grad(penalty)(params)
+    for name, value in g.items():
+        if name.startswith("classifier."):
+            assert value.abs().sum() > 0, name
+        else:
+            assert torch.equal(value, torch.zeros_like(value)), name
+
+
+def test_latent_matching_reaches_the_feature_extractor():
+    method, state = fedgen_method(gen_alpha=0.0)                            # latent-matching KL alone
+    shared, _ = method.round_context(state, [0, 1], round_=2)
+    method.alpha_t = 0.0
+    params = {n: state[n] for n in method.param_names}
+    buffers = {n: state[n] for n in method.buffer_names}
+    x = method.fed.train.normalize(method.fed.train.x[:8])
+    y, w = method.fed.train.y[:8], torch.ones(8)
+
+    def penalty(p):
+        from common.fl.local import forward
+        return method.local_penalty(p, x, y, w, forward(method.eval_model, p, buffers, x), shared, {})
+
+    g = grad(penalty)(params)
+    assert g["features.0.weight"].abs().sum() > 0 and g["features.7.weight"].abs().sum() > 0
+
+
+def test_no_regulariser_in_the_first_round():
+    method, state = fedgen_method()
+    shared, _ = method.round_context(state, [0, 1], round_=1)
+    assert shared == {} and method.alpha_t == 0 and method.beta_t == 0
+
+
+def test_generator_learns_what_the_heads_label():
+    """After a few server steps against fixed heads, the heads label G(y) as y more often than at the start."""
+    method, state = fedgen_method(gen_steps=60)
+    torch.manual_seed(0)
+    K, C, D = 2, 10, 32
+    heads = {"classifier.weight": torch.randn(K, C, D), "classifier.bias": torch.zeros(K, C)}
+    from common.fl.engine import ClientUpdate
+    update = ClientUpdate([0, 1], heads, {}, torch.tensor([1.0, 1.0]), torch.zeros(2))
+    method.label_counts = torch.full((K, C), 5)
+    before = method.generator_label_accuracy(update)
+    stats = method.train_generator(update, round_=1)
+    after = method.generator_label_accuracy(update)
+    assert after > before and after > 0.9 and stats["teacher"] > 0
+
+
+# ------------------------------------------------------------------ data
+def test_official_partition_caps_classes_and_users():
+    labels = np.repeat(np.arange(10), 600)                                 # 6,000 samples, 600 per class
+    parts = fedgen_dirichlet_partition(labels, 20, seed=3, alpha=0.1, sampling_ratio=0.5, data_seed=42)
+    sizes = [len(p) for p in parts]
+    # per class min(0.5 * 6000 / 20, 0.5 * 600) = 150 samples, so 1,500 in all
+    assert sum(sizes) == 1500 and min(sizes) >= 10
+    assert np.bincount(labels[np.concatenate(parts)], minlength=10).tolist() == [150] * 10
+    assert len(np.unique(np.concatenate(parts))) == 1500                   # disjoint
+    again = fedgen_dirichlet_partition(labels, 20, seed=7, alpha=0.1, sampling_ratio=0.5, data_seed=42)
+    assert all(torch.equal(a, b) for a, b in zip(parts, again))            # the data seed fixes the split
+    other = fedgen_dirichlet_partition(labels, 20, seed=7, alpha=0.1, sampling_ratio=0.5, data_seed=-1)
+    assert not all(torch.equal(a, b) for a, b in zip(parts, other))
+
+
+def test_user_test_splits_hold_only_the_users_labels():
+    train_y = torch.tensor([0, 0, 1, 2, 2, 2])
+    parts = [torch.tensor([0, 1, 2]), torch.tensor([3, 4, 5])]              # user 0: labels {0, 1}; user 1: {2}
+    test_y = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0])                   # 4 zeros, 3 ones, 3 twos
+    splits = user_test_splits(parts, train_y, test_y, 3)
+    assert sorted(test_y[splits[0]].tolist()) == [0, 0, 1]                  # int(4/2) zeros, int(3/2) ones
+    assert test_y[splits[1]].tolist() == [2]                                # int(3/2) twos
+    assert len(set(splits[0].tolist()) & set(splits[1].tolist())) == 0
+
+
+# ------------------------------------------------------------------ every method, one round; configs
+@pytest.mark.parametrize("name", sorted(METHOD_CLASSES))
+def test_every_table1_method_runs(name):
+    cfg = tiny_config(method=name)
+    record = RunRecord("fedgen", name, 0, "smoke", {})
+    from common.fl.engine import run_federated
+    method = run_federated(cfg, 0, record, method_cls=METHOD_CLASSES[name], fed=tiny_federation(cfg))
+    last = record.history[-1]
+    assert len(record.history) == 2 and 0.0 <= last["paper_acc"] <= 1.0 and 0.0 <= last["test_acc"] <= 1.0
+    if name == "fedgen":
+        assert "gen_label_acc" in last and record.summary["bytes_down"] > record.summary["bytes_up"]
+    if name in ("fedavg", "fedgen"):   # BN statistics stay per user; the global state keeps its initial ones
+        assert method.client_buffers and torch.equal(method.final_state["features.1.running_mean"], torch.zeros(6))
+
+
+def test_users_keep_their_own_batchnorm_statistics():
+    cfg = tiny_config(method="fedavg")
+    fed = tiny_federation(cfg)
+    model = build_model(cfg.model, fed.train.shape, 10)
+    method = METHOD_CLASSES["fedavg"](cfg, fed, model)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    method.client_buffers[2] = {n: torch.full_like(state[n], 7) for n in method.buffer_names}
+    start = method.start_state(state, [1, 2])
+    assert torch.equal(start["features.1.running_mean"][1], torch.full((6,), 7.0))
+    assert torch.equal(start["features.1.running_mean"][0], state["features.1.running_mean"])
+    assert torch.equal(start["features.0.weight"][1], state["features.0.weight"])
+
+
+@pytest.mark.parametrize("kw, message", [(dict(method="fedfoo"), "method must be one of"),
+                                         (dict(gen_teacher_weighting="mean"), "gen_teacher_weighting"),
+                                         (dict(model="cnn"), "fedgen_cnn"),
+                                         (dict(gen_batch_size=1), "gen_batch_size")])
+def test_bad_config_values(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        FedGenConfig(**kw)
+
+
+def test_defaults_are_the_official_mnist_setting():
+    cfg = FedGenConfig()
+    assert (cfg.n_clients, cfg.clients_per_round, cfg.local_steps, cfg.batch_size, cfg.lr) == (20, 10, 20, 32, 0.01)
+    assert (cfg.gen_lr, cfg.gen_weight_decay, cfg.gen_steps, cfg.gen_alpha, cfg.gen_beta) == (3e-4, 1e-2, 50, 10.0, 10.0)
+    assert cfg.aggregate_buffers is False and cfg.rounds == 200
+
+
+# ------------------------------------------------------------------ the workflow
+@pytest.mark.workflow
+@needs_mnist
+def test_fedgen_workflow(tmp_path):
+    run_workflow("fedgen", tmp_path)
+    out = tmp_path / "reports" / "fedgen"
+    check_report(out, ["curves_paper_protocol", "curves_standard", "latents", "partition_alpha0.1"])
+    record = json.loads((tmp_path / "results/smoke/fedgen/fedgen_a0.1/seed0.json").read_text())
+    assert record["scale"] == "smoke" and record["history"] and record["bytes_sent"] > 0
+    assert {"paper_acc", "test_acc", "gen_label_acc"} <= set(record["history"][-1])
+    assert "paper_top5_acc" in record["summary"] and record["summary"]["latent_pca"]["generated"]
+    text = (out / "README.md").read_text()
+    assert "90.71" in text and "[issue#7]" in text                         # the paper's number, with provenance
