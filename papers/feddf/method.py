@@ -1,0 +1,357 @@
+"""FedDF (Lin et al. 2020, Alg. 1): server-side ensemble distillation after FedAvg, for one architecture
+(`feddf`) or several (`feddf_hetero`, with `fedavg_hetero` as its per-architecture FedAvg baseline).
+
+Shapes: K received client models, B distillation batch, C classes.
+
+Per round, following the official `pcode/aggregation/noise_knowledge_transfer.py` (re-implemented):
+1. x_0 = the uniform average of the received models' whole state dicts (`fedavg.py::_fedavg`), per
+   architecture; it initialises the student (`use_fedavg_as_start`).
+2. Teachers: the K received models, frozen, in eval mode. For an unlabelled batch x, the ensemble's
+   logits are their uniform average (`update_student_scheme=avg_logits`): z̄ = (1/K) Σ_k f(x; x_k)   [B, C].
+3. The student, in train mode (its BatchNorm statistics are re-estimated on the distillation data),
+   takes Adam steps (lr 1e-3, re-created every round, cosine-annealed over the maximum number of steps,
+   gradient norm clipped at 5) on  KL(σ(z̄/T) ‖ σ(z_s/T))  =  F.kl_div(log σ(z_s/T), σ(z̄/T), "batchmean"),
+   T = 1, without a T² factor.
+4. Every `feddf_val_every` steps the student is scored on the server's labelled validation split; the
+   best one is kept, and distillation stops after `feddf_patience` steps without improvement.
+   With `feddf_select_on_val: false` it runs `feddf_steps` steps and keeps the last student.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common import augment
+from common import data as datasets
+from common.experiments import ConfigError
+from common.fl.aggregation import state_bytes, unstack
+from common.fl.engine import ClientUpdate, Method, register_method
+from common.models import build_model
+from common.train import check_finite, predict_logits
+
+
+# ---------------------------------------------------------------------------------------------- the loss
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(σ(z_t/T) ‖ σ(z_s/T)) averaged over the batch, as the official `BaseKTSolver.divergence` (no T²).
+
+    student_logits, teacher_logits: [B, C]."""
+    if not temperature > 0:
+        raise ValueError(f"distillation temperature must be > 0, got {temperature}")
+    return F.kl_div(F.log_softmax(student_logits / temperature, dim=1),
+                    F.softmax(teacher_logits / temperature, dim=1), reduction="batchmean")
+
+
+@torch.no_grad()
+def ensemble_logits(teachers: list[nn.Module], x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The teachers' logits averaged with `weights` (uniform 1/K by default, `avg_logits`): [B, C].
+
+    Teachers are evaluated in eval mode (their BatchNorm running statistics), as the official solver."""
+    if not teachers:
+        raise ValueError("ensemble distillation needs at least one teacher model")
+    if weights is None:
+        weights = torch.full((len(teachers),), 1.0 / len(teachers))
+    out = 0.0
+    for w, teacher in zip(weights, teachers):
+        was_training = teacher.training
+        teacher.eval()
+        out = out + w * teacher(x)
+        teacher.train(was_training)
+    return out
+
+
+# ------------------------------------------------------------------------------------ distillation data
+
+class DistillationData:
+    """Unlabelled images for the server: a pool of uint8 images [N, C, H, W] (CIFAR-100, MNIST-M) or random
+    noise, normalised like the clients' task data and augmented like it (flip + crop)."""
+
+    def __init__(self, images: torch.Tensor | None, normalize: Callable, shape: tuple[int, int, int],
+                 augmentation: str = "flip_crop", noise: bool = False):
+        if not noise and (images is None or len(images) == 0):
+            raise ValueError("no distillation data: the unlabelled pool is empty (set feddf_source / "
+                             "feddf_source_size, or use feddf_source: noise)")
+        if not noise and tuple(images.shape[1:]) != tuple(shape):
+            raise ValueError(f"distillation images have shape {tuple(images.shape[1:])}, the task needs {tuple(shape)}")
+        self.images, self.normalize, self.shape = images, normalize, tuple(shape)
+        self.augmentation, self.noise = augmentation, noise
+
+    def __len__(self) -> int:
+        return 0 if self.noise else len(self.images)
+
+    @classmethod
+    def for_config(cls, cfg, task: datasets.Dataset, seed: int) -> "DistillationData":
+        """The source named by cfg.feddf_source, fitted to the task's image shape [C, H, W]."""
+        shape = task.shape
+        if cfg.feddf_source == "noise":
+            return cls(None, task.normalize, shape, "none", noise=True)
+        source = {"cifar100": ("cifar100", "train_subset"), "mnist_m": ("mnist_m", "test")}[cfg.feddf_source]
+        images = fit_images(datasets.load(*source).x, shape)
+        if cfg.feddf_source_size:
+            if cfg.feddf_source_size > len(images):
+                raise ConfigError(f"feddf_source_size {cfg.feddf_source_size} exceeds the {len(images)} images of "
+                                  f"{cfg.feddf_source}")
+            pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed + 17))
+            images = images[pick[:cfg.feddf_source_size]]
+        return cls(images, task.normalize, shape, cfg.augment)
+
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        """Endless normalised batches [B, C, H, W]: shuffled epochs over the pool, or fresh noise images
+        (official `_create_data_randomly`: Gaussian noise min-max scaled to the pixel range per batch)."""
+        while True:
+            if self.noise:
+                z = torch.randn(batch_size, *self.shape, generator=generator)
+                z = (z - z.min()) / (z.max() - z.min())
+                yield self.normalize((z * 255).round().to(torch.uint8))
+                continue
+            order = torch.randperm(len(self.images), generator=generator)
+            for i in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+                idx = order[i:i + batch_size]
+                params = augment.draw(self.augmentation, (len(idx),), self.shape[-1], generator)
+                yield augment.apply(self.images[idx], self.normalize, params)
+
+
+def fit_images(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    """uint8 images [N, C', H', W'] to [N, C, H, W]: grey -> RGB by repetition, zero-padded or centre-cropped."""
+    c, h, w = shape
+    if x.shape[1] != c:
+        if x.shape[1] == 1:
+            x = x.repeat(1, c, 1, 1)
+        elif c == 1:
+            x = x.float().mean(1, keepdim=True).round().to(torch.uint8)
+        else:
+            raise ValueError(f"cannot map {x.shape[1]}-channel images to {c} channels")
+    dh, dw = h - x.shape[2], w - x.shape[3]
+    if dh or dw:
+        x = F.pad(x, (dw // 2, dw - dw // 2, dh // 2, dh - dh // 2))   # negative padding crops
+    return x.contiguous()
+
+
+# --------------------------------------------------------------------------------------- distillation
+
+@dataclass
+class DistillLog:
+    steps: int = 0              # steps taken before stopping
+    best_step: int = 0          # step of the kept student (0: no validation, the last one is kept)
+    best_val_acc: float = float("nan")
+    first_loss: float = float("nan")
+    last_loss: float = float("nan")
+
+
+def distill(students: dict[str, nn.Module], teachers: list[nn.Module], batches: Iterator[torch.Tensor], *,
+            steps: int, lr: float = 1e-3, temperature: float = 1.0, clip: float = 5.0, val_every: int = 100,
+            patience: int = 1000, validate: Callable[[nn.Module], float] | None = None) -> dict[str, DistillLog]:
+    """Distil the ensemble of `teachers` into every student (one optimiser each) on shared batches.
+
+    Each student: Adam(lr), CosineAnnealingLR(T_max=steps), grad-norm clip; in train mode. With `validate`
+    (model -> accuracy on the labelled server split) it is scored every `val_every` steps and after its last
+    step, keeps its best-scoring weights and stops after `patience` steps without improvement; without, it
+    runs `steps` steps and is returned as it ends. Students are modified in place."""
+    if not students:
+        raise ValueError("distill needs at least one student")
+    if not temperature > 0:
+        raise ValueError(f"distillation temperature must be > 0, got {temperature}")
+    opts = {n: torch.optim.Adam(s.parameters(), lr=lr) for n, s in students.items()}
+    scheds = {n: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=steps) for n, o in opts.items()}
+    logs = {n: DistillLog() for n in students}
+    best = {n: None for n in students}
+    active = set(students)
+    for s in students.values():
+        s.train()
+
+    def check(name: str, step: int) -> None:
+        acc = validate(students[name])
+        log = logs[name]
+        if best[name] is None or acc > log.best_val_acc:
+            log.best_val_acc, log.best_step = acc, step
+            best[name] = copy.deepcopy(students[name].state_dict())
+        elif step - log.best_step >= patience:
+            active.discard(name)
+
+    for step in range(1, steps + 1):
+        if not active:
+            break
+        try:
+            x = next(batches)
+        except StopIteration:
+            raise ValueError("no distillation data: the batch iterator is empty") from None
+        target = ensemble_logits(teachers, x)                       # [B, C]
+        for name in sorted(active):
+            student, opt = students[name], opts[name]
+            loss = distillation_loss(student(x), target, temperature)
+            check_finite(loss.detach(), f"distillation step {step} ({name})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(student.parameters(), clip)
+            opt.step()
+            scheds[name].step()
+            log = logs[name]
+            log.steps = step
+            log.last_loss = loss.item()
+            if step == 1:
+                log.first_loss = log.last_loss
+            if validate is not None and (step % val_every == 0 or step == steps):
+                check(name, step)
+    for name, student in students.items():
+        if validate is not None and best[name] is not None:
+            student.load_state_dict(best[name])
+    return logs
+
+
+def distillation_generator(seed: int, round_: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + round_) * 7919 + 1)
+
+
+# ------------------------------------------------------------------------------------------- methods
+
+class _ServerDistillation:
+    """What the FedDF methods share: the distillation data, the validation split and the call to `distill`."""
+
+    def setup_distillation(self, cfg, fed) -> None:
+        self.distill_data = DistillationData.for_config(cfg, fed.train, fed.seed)
+        self.distill_logs: dict[str, DistillLog] = {}
+
+    def validation_accuracy(self, model: nn.Module) -> float:
+        val = self.fed.server_val
+        return (predict_logits(model, val, self.cfg.eval_batch_size).argmax(1) == val.y).float().mean().item()
+
+    def run_distillation(self, students: dict[str, nn.Module], teachers: list[nn.Module], round_: int) -> None:
+        cfg = self.cfg
+        use_val = cfg.feddf_select_on_val
+        if use_val and (self.fed.server_val is None or len(self.fed.server_val) == 0):
+            raise ConfigError("validation-based selection needs a server validation split (server_val_fraction > 0)")
+        self.distill_logs = distill(
+            students, teachers, self.distill_data.batches(cfg.feddf_batch_size, distillation_generator(self.fed.seed, round_)),
+            steps=cfg.feddf_steps, lr=cfg.feddf_lr, temperature=cfg.feddf_temperature, clip=cfg.feddf_clip,
+            val_every=cfg.feddf_val_every, patience=cfg.feddf_patience,
+            validate=self.validation_accuracy if use_val else None)
+
+    def distill_metrics(self) -> dict:
+        if not self.distill_logs:
+            return {}
+        logs = list(self.distill_logs.values())
+        return {"distill_steps": sum(l.steps for l in logs) / len(logs),
+                "distill_best_step": sum(l.best_step for l in logs) / len(logs),
+                "distill_loss_first": sum(l.first_loss for l in logs) / len(logs),
+                "distill_loss_last": sum(l.last_loss for l in logs) / len(logs)}
+
+
+@torch.no_grad()
+def ensemble_accuracy(teachers: list[nn.Module], data: datasets.Dataset, batch_size: int = 1000) -> float:
+    """Test accuracy of the teachers' averaged logits (the distillation target) on a labelled set."""
+    correct = 0
+    for i in range(0, len(data), batch_size):
+        x = data.normalize(data.x[i:i + batch_size])
+        correct += (ensemble_logits(teachers, x).argmax(1) == data.y[i:i + batch_size]).sum().item()
+    return correct / max(1, len(data))
+
+
+def client_models(method: Method, update: ClientUpdate) -> list[nn.Module]:
+    """The K received models as modules (the teachers)."""
+    return [method.model_with({**unstack(update.params, k), **unstack(update.buffers, k)})
+            for k in range(len(update.clients))]
+
+
+@register_method("feddf")
+class FedDF(_ServerDistillation, Method):
+    """FedDF for one architecture: FedAvg, then the average is distilled from the received models."""
+
+    def __init__(self, cfg, fed, model):
+        super().__init__(cfg, fed, model)
+        self.setup_distillation(cfg, fed)
+        self.fedavg_state = None
+
+    def server_update(self, state, averaged, update, round_):
+        self.fedavg_state = averaged
+        student = self.model_with(averaged)
+        self.teachers = client_models(self, update)
+        self.run_distillation({self.cfg.model: student}, self.teachers, round_)
+        return {k: v.detach().clone() for k, v in student.state_dict().items()}
+
+    def evaluate(self, state, round_):
+        out = super().evaluate(state, round_)
+        if self.fedavg_state is not None:   # the same round's plain average and ensemble: what distillation had
+            out["fedavg_test_acc"] = super().evaluate(self.fedavg_state, round_)["test_acc"]
+            out["ensemble_test_acc"] = ensemble_accuracy(self.teachers, self.fed.test, self.cfg.eval_batch_size)
+        return {**out, **self.distill_metrics()}
+
+
+@register_method("fedavg_hetero")
+class HeteroFedAvg(Method):
+    """Clients of several architectures (client c trains feddf_archs[c % A]); FedAvg within each architecture.
+    The engine's `state` is the architecture `cfg.model`'s; the others are held here."""
+
+    def __init__(self, cfg, fed, model):
+        super().__init__(cfg, fed, model)
+        self.archs = list(cfg.feddf_archs)
+        self.arch_of = [self.archs[c % len(self.archs)] for c in range(cfg.n_clients)]
+        shape, classes = fed.train.shape, fed.train.num_classes
+        self.members = {a: Method(cfg, fed, model if a == cfg.model else build_model(a, shape, classes))
+                        for a in self.archs}
+        self.states = {a: {k: v.detach().clone() for k, v in m.model.state_dict().items()}
+                       for a, m in self.members.items()}
+        self.averaged: dict[str, dict] = {}
+        self.round_bytes = self.round_clients = 0
+
+    def client_update(self, state, clients, round_):
+        self.states[self.cfg.model] = state
+        by_arch = {}
+        for a in self.archs:
+            mine = [c for c in clients if self.arch_of[c] == a]
+            if mine:
+                by_arch[a] = self.members[a].client_update(self.states[a], mine, round_)
+        self.round_bytes = sum(state_bytes(self.states[a]) * len(u.clients) for a, u in by_arch.items())
+        self.round_clients = len(clients)
+        loss = torch.cat([u.loss for u in by_arch.values()])
+        sizes = torch.cat([u.n_samples for u in by_arch.values()])
+        return ClientUpdate(clients, {}, {}, sizes, loss, extras={"by_arch": by_arch})
+
+    def aggregate(self, state, update):
+        self.averaged = {a: self.members[a].aggregate(self.states[a], u) for a, u in update.extras["by_arch"].items()}
+        return self.averaged.get(self.cfg.model, state)
+
+    def server_update(self, state, averaged, update, round_):
+        self.states.update(self.averaged)
+        return self.states[self.cfg.model]
+
+    def message_bytes(self, state):
+        """Per sampled client on average: each sends and receives its own architecture's model."""
+        per_client = self.round_bytes // max(1, self.round_clients)
+        return per_client, per_client
+
+    def evaluate(self, state, round_):
+        self.states[self.cfg.model] = state
+        out = {}
+        for a in self.archs:
+            out[f"test_acc_{a}"] = self.members[a].evaluate(self.states[a], round_)["test_acc"]
+        out["test_acc"] = sum(out[f"test_acc_{a}"] for a in self.archs) / len(self.archs)
+        out["test_loss"] = float("nan")
+        return out
+
+
+@register_method("feddf_hetero")
+class HeteroFedDF(_ServerDistillation, HeteroFedAvg):
+    """FedDF across architectures: every architecture's average (or its previous model, if none of its
+    clients was sampled) is distilled from the ensemble of all received models, of every architecture."""
+
+    def __init__(self, cfg, fed, model):
+        super().__init__(cfg, fed, model)
+        self.setup_distillation(cfg, fed)
+
+    def server_update(self, state, averaged, update, round_):
+        by_arch = update.extras["by_arch"]
+        teachers = [t for a, u in by_arch.items() for t in client_models(self.members[a], u)]
+        start = {a: self.averaged.get(a, self.states[a]) for a in self.archs}
+        students = {a: self.members[a].model_with(start[a]) for a in self.archs}
+        self.run_distillation(students, teachers, round_)
+        self.states = {a: {k: v.detach().clone() for k, v in s.state_dict().items()} for a, s in students.items()}
+        return self.states[self.cfg.model]
+
+    def evaluate(self, state, round_):
+        return {**super().evaluate(state, round_), **self.distill_metrics()}
