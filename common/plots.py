@@ -19,6 +19,8 @@ def curves(df: pd.DataFrame, x: str, y: str, hue: str = "setting", *, col: str |
     grid = sns.relplot(data=df, x=x, y=y, hue=hue, col=col, kind="line", errorbar="sd", height=height,
                        aspect=1.35, hue_order=hue_order, facet_kws={"sharey": True})
     grid.set_axis_labels(xlabel or x, ylabel or y)
+    if col:
+        grid.set_titles("{col_name}")
     if logy:
         grid.set(yscale="log")
     if title:

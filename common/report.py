@@ -208,10 +208,10 @@ class Report:
         rows = []
         for c in self.claims:
             stat = {"ratio_at_least": "ratio a/b", "gap_greater": "(a−b)−(c−d)"}.get(c["kind"], "a − b")
-            value = mean_std(list(c["per_seed"].values()), c.get("scale", 1.0))
+            value = mean_std(list(c["per_seed"].values()), c.get("scale", 1.0)) if c["n_seeds"] else "n/a"
             settings = ", ".join(str(c[k]) for k in ("a", "b", "c", "d") if k in c)
             rows.append({"claim": c["text"], "verdict": f"**{c['verdict']}**", "statistic": f"{stat} of {c['metric']}",
-                         "settings (a, b, …)": settings, "ours": value + c.get("unit", "x" if c["kind"] == "ratio_at_least" else ""),
+                         "settings (a, b, …)": settings, "ours": value + (c.get("unit", "x" if c["kind"] == "ratio_at_least" else "") if c["n_seeds"] else ""),
                          "threshold": f"{c['kind']} {_margin(c)}", "seeds": c["n_seeds"]})
         self.parts.append(
             "| claim | verdict | statistic | settings (a, b, …) | ours (mean ± std over seeds) | rule | seeds |\n"
