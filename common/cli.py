@@ -32,7 +32,8 @@ def parse_sets(items: list[str]) -> dict:
 
 
 def main(paper: str, config_cls, run_fn: Callable, report_fn: Callable, argv: list[str] | None = None) -> int:
-    """`run_fn(cfg, seed, record)` fills `record.history` / `record.summary` / `record.bytes_sent`;
+    """`config_cls` is the paper's config dataclass, or a function of a run's overrides that returns one;
+    `run_fn(cfg, seed, record)` fills `record.history` / `record.summary` / `record.bytes_sent`;
     `report_fn(results_dir, out_dir, scale)` writes the report."""
     parser = argparse.ArgumentParser(prog=f"python -m papers.{paper}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -56,7 +57,8 @@ def main(paper: str, config_cls, run_fn: Callable, report_fn: Callable, argv: li
             print("\n".join(experiments.run_ids(paper, args.scale)))
         elif args.command == "run":
             overrides = {**experiments.resolve(paper, args.scale, args.setting), **parse_sets(args.set)}
-            cfg = experiments.build_config(config_cls, overrides)
+            cls = config_cls if isinstance(config_cls, type) else config_cls(overrides)
+            cfg = experiments.build_config(cls, overrides)
             torch.set_num_threads(max(1, args.threads))
             seed_everything(args.seed)
             record = RunRecord(paper=paper, setting=args.setting, seed=args.seed, scale=args.scale,

@@ -3,6 +3,6 @@ import sys
 
 from common.cli import main
 from papers.compare.figures import PAPER_ID, report
-from papers.compare.method import CompareConfig, run
+from papers.compare.method import config_class, run
 
-sys.exit(main(PAPER_ID, CompareConfig, run, report))
+sys.exit(main(PAPER_ID, config_class, run, report))
