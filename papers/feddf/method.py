@@ -19,7 +19,7 @@ Per round, following the official `pcode/aggregation/noise_knowledge_transfer.py
 from __future__ import annotations
 
 import copy
-import math
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -34,6 +34,7 @@ from common.fl.aggregation import state_bytes, unstack
 from common.fl.engine import ClientUpdate, Method, register_method
 from common.models import build_model
 from common.train import check_finite, predict_logits
+from papers.feddf.config import FedDFConfig
 
 
 # ---------------------------------------------------------------------------------------------- the loss
@@ -210,11 +211,27 @@ def distillation_generator(seed: int, round_: int) -> torch.Generator:
 
 # ------------------------------------------------------------------------------------------- methods
 
+FOREIGN_CONFIG_STEPS = 20
+
+
+def knobs(cfg) -> FedDFConfig:
+    """FedDF's knobs for any FL config: `cfg` itself when it is a FedDFConfig, else FedDF's defaults with the
+    federated setting of `cfg` and a short fixed distillation (so the engine's every-method test can run these
+    methods on a plain FLConfig, which has no labelled server split)."""
+    if isinstance(cfg, FedDFConfig):
+        return cfg
+    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if hasattr(FedDFConfig, f.name)}
+    # no labelled server split there: a short fixed distillation (FOREIGN_CONFIG_STEPS), the last student kept
+    return dataclasses.replace(FedDFConfig(), **{**shared, "method": "fedavg", "feddf_select_on_val": False,
+                                                 "feddf_steps": FOREIGN_CONFIG_STEPS})
+
+
 class _ServerDistillation:
     """What the FedDF methods share: the distillation data, the validation split and the call to `distill`."""
 
     def setup_distillation(self, cfg, fed) -> None:
-        self.distill_data = DistillationData.for_config(cfg, fed.train, fed.seed)
+        self.knobs = knobs(cfg)
+        self.distill_data = DistillationData.for_config(self.knobs, fed.train, fed.seed)
         self.distill_logs: dict[str, DistillLog] = {}
 
     def validation_accuracy(self, model: nn.Module) -> float:
@@ -222,7 +239,7 @@ class _ServerDistillation:
         return (predict_logits(model, val, self.cfg.eval_batch_size).argmax(1) == val.y).float().mean().item()
 
     def run_distillation(self, students: dict[str, nn.Module], teachers: list[nn.Module], round_: int) -> None:
-        cfg = self.cfg
+        cfg = self.knobs
         use_val = cfg.feddf_select_on_val
         if use_val and (self.fed.server_val is None or len(self.fed.server_val) == 0):
             raise ConfigError("validation-based selection needs a server validation split (server_val_fraction > 0)")
@@ -289,7 +306,7 @@ class HeteroFedAvg(Method):
 
     def __init__(self, cfg, fed, model):
         super().__init__(cfg, fed, model)
-        self.archs = list(cfg.feddf_archs)
+        self.archs = list(getattr(cfg, "feddf_archs", ())) or [cfg.model]   # none given: one architecture
         self.arch_of = [self.archs[c % len(self.archs)] for c in range(cfg.n_clients)]
         shape, classes = fed.train.shape, fed.train.num_classes
         self.members = {a: Method(cfg, fed, model if a == cfg.model else build_model(a, shape, classes))
