@@ -2,6 +2,8 @@
 (FedAvg itself is `engine.Method`)."""
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from common.fl.aggregation import stack_states
@@ -75,9 +77,12 @@ class LocalOnly(Method):
 @register_method("central")
 class Centralised(Method):
     """The upper bound: one client holding all the training data (the union of the partition), trained
-    with the same local optimiser; a round is one pass of `local_epochs` epochs."""
+    with the same local optimiser. A round is `local_epochs` epochs over all the data or, with
+    `local_steps`, as many steps as all the sampled clients of a federated round take together."""
 
     def __init__(self, cfg, fed, model):
+        if cfg.local_steps:
+            cfg = dataclasses.replace(cfg, local_steps=cfg.local_steps * cfg.clients_per_round)
         super().__init__(cfg, fed, model)
         fed.parts = [torch.cat(fed.parts).sort().values] + [fed.parts[0][:0]] * (len(fed.parts) - 1)
 

@@ -102,7 +102,7 @@ model `{cfg['model']}`, {cfg['train_subset'] or 'all'} training images split ove
 {sorted({r.seed for r in records})}. Partitions: IID, and Dirichlet label skew with α = 0.5 and 0.1 (Hsu et al.;
 each client ≥ 10 samples). Every method sees the same partition, the same initial model and the same sampled
 clients for a given seed. CIFAR-10 uses random crop + flip. *central* trains one model on all the training data
-(one epoch per "round"); *local* trains each client alone on 80 % of its data (20 % is its own test split).
+(per "round", as many SGD steps as the sampled clients of a federated round take together); *local* trains each client alone on 80 % of its data (20 % is its own test split).
 Targets for "rounds to target": {', '.join(f'{k} {100 * v:.0f} %' for k, v in spec['targets'].items())}.
 
 **Evaluation protocol.** {spec['protocol']}
