@@ -79,9 +79,22 @@ def test_fedavgm_server_momentum():
     assert all(torch.allclose(v, torch.full_like(v, -1.5)) for v in new2.values())
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+def _import_paper_methods():
+    from papers.compare.method import import_paper_methods
+
+    import_paper_methods()
+    return sorted(METHODS)
+
+
+@pytest.mark.parametrize("name", _import_paper_methods())
 def test_every_registered_method_runs_a_round(name):
-    cfg = toy_config(method=name, rounds=1, client_test_fraction=0.2 if name == "local" else 0.0)
+    """Every method, the papers' too, with its own config class and the smallest model it accepts."""
+    method = get_method(name)
+    config_cls = getattr(method, "config_cls", FLConfig)
+    base = {**toy_config().__dict__, "method": name, "rounds": 1, "local_steps": 3,
+            "model": getattr(method, "test_model", "linear"),
+            "client_test_fraction": 0.2 if name == "local" else 0.0}
+    cfg = config_cls(**{k: v for k, v in base.items() if k in config_cls.__dataclass_fields__})
     record = RunRecord("t", name, 0, "smoke", {})
     run_federated(cfg, 0, record, fed=toy_federation(cfg))
     assert len(record.history) == 1 and 0.0 <= record.summary["final_test_acc"] <= 1.0

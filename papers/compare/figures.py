@@ -15,7 +15,7 @@ from papers.compare import PAPER
 
 PAPER_ID = "compare"
 PARTITION_ORDER = ["iid", "dir0.5", "dir0.1"]
-METHOD_ORDER = ["central", "fedavg", "fedprox", "fedavgm", "local"]
+METHOD_ORDER = ["central", "fedavg", "fedprox", "fedavgm", "local", "fedntd", "fedgen", "feddf"]
 
 
 def _split_setting(df: pd.DataFrame) -> pd.DataFrame:

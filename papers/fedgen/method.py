@@ -31,9 +31,10 @@ from torch.func import functional_call
 from common.experiments import ConfigError
 from common.fl import local
 from common.fl.aggregation import stack_states, state_bytes, weighted_average
-from common.fl.engine import ClientUpdate, Method
+from common.fl.engine import ClientUpdate, Method, register_method
 from common.fl.methods import FedProx
 from common.partition import register_partition
+from papers.fedgen.config import FedGenConfig
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -475,6 +476,11 @@ class FedGen(OfficialProtocol):
         proj = lambda z: ((z - mean) @ V[:2].T).tolist()  # noqa: E731
         return {"real": proj(real), "real_y": real_y.tolist(), "generated": proj(fake), "generated_y": y_gen.tolist()}
 
+
+# FedGen joins the engine's registry (for the comparison report and the engine's method matrix) with the
+# config that carries its knobs and the smallest model it accepts (a `features` / `classifier` split).
+FedGen.config_cls, FedGen.test_model = FedGenConfig, "fedgen_cnn"
+register_method("fedgen")(FedGen)
 
 METHOD_CLASSES: dict[str, type[Method]] = {
     "fedavg": FedAvg, "fedprox": FedProxOfficial, "feddistill": FedDistill, "feddistill_fl": FedDistillFL,
