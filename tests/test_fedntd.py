@@ -10,8 +10,15 @@ from common.experiments import ConfigError
 from common.fl import get_method
 from common.models import build_model
 from papers.fedntd.config import FedNTDConfig
-from papers.fedntd.method import (FedLSD, FedNTD, all_class_distillation_loss, not_true_distillation_loss,
-                                  not_true_index, not_true_logits, per_class_accuracy)
+from papers.fedntd.method import (
+    FedLSD,
+    FedNTD,
+    all_class_distillation_loss,
+    not_true_distillation_loss,
+    not_true_index,
+    not_true_logits,
+    per_class_accuracy,
+)
 from tests.conftest import needs_mnist
 from tests.test_workflow import check_report, run_workflow
 
@@ -122,9 +129,9 @@ def test_per_class_accuracy():
     assert acc[:3].tolist() == [1.0, 1.0, 0.5] and torch.isnan(torch.tensor(acc[3]))
 
 
-@pytest.mark.parametrize("kw, message", [(dict(ntd_tau=0.0), "ntd_tau"), (dict(ntd_beta=-1.0), "ntd_beta"),
-                                         (dict(lsd_tau=-2.0), "lsd_tau"), (dict(forget_every=-1), "forget_every"),
-                                         (dict(forget_every=3, eval_every=2), "multiple of eval_every")])
+@pytest.mark.parametrize("kw, message", [({"ntd_tau": 0.0}, "ntd_tau"), ({"ntd_beta": -1.0}, "ntd_beta"),
+                                         ({"lsd_tau": -2.0}, "lsd_tau"), ({"forget_every": -1}, "forget_every"),
+                                         ({"forget_every": 3, "eval_every": 2}, "multiple of eval_every")])
 def test_bad_config_values(kw, message):
     with pytest.raises(ConfigError, match=message):
         FedNTDConfig(**kw)
