@@ -163,12 +163,12 @@ def report(results: Path, out: Path, scale: str) -> None:
 {cfg['dataset'].upper()}, {cfg['train_subset'] or 'all'} training images split over {cfg['n_clients']} clients
 ({cfg['clients_per_round'] if 'clients_per_round' in cfg else round(cfg['participation'] * cfg['n_clients'])}
 sampled per round, the same clients for every method at a given seed), {cfg['rounds']} rounds,
-{cfg['local_epochs']} local epoch(s), batch {cfg['batch_size']}, SGD lr {cfg['lr']} × {cfg['lr_decay']}^round,
+{cfg['local_epochs']} local epoch(s) (settings ending in `_e5`: 10 rounds × 5 epochs), batch {cfg['batch_size']}, SGD lr {cfg['lr']} × {cfg['lr_decay']}^round,
 momentum {cfg['momentum']} (reset every round), weight decay {cfg['weight_decay']}, augmentation
 `{cfg['augment']}`; McMahan CNN (`fedavg_cifar`/`fedavg_mnist`). FedNTD τ = {cfg['ntd_tau']}, β = {cfg['ntd_beta']};
 FedLSD τ = {cfg['lsd_tau']}, β = {cfg['lsd_beta']}; FedProx μ = {cfg['prox_mu']}; FedAvgM β = {cfg['server_momentum']}.
 Test set: {cfg['test_subset'] or 'all'} images. Seeds {sorted({r.seed for r in records})}. Mean wall time per run:
-{wall.mean():.0f} s ({len(records)} runs).
+{wall.mean():.0f} s ({len(records)} runs; wall time on a shared machine, where other reports ran at the same time).
 
 **Evaluation protocol.** {spec['protocol']}
 """)
