@@ -23,6 +23,8 @@ Server side both are FedAvg. `ForgettingProbe` adds the paper's forgetting diagn
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -78,9 +80,12 @@ class GlobalDistillation(Method):
                 "global_buffers": {n: state[n] for n in self.buffer_names}}, {}
 
     def global_logits(self, x: torch.Tensor, shared: dict) -> torch.Tensor:
-        """z_g [B, C]: the frozen global copy on the same (augmented) batch, under no_grad."""
+        """z_g [B, C]: the frozen global copy on the same (augmented) batch, under no_grad; in eval mode, so a
+        BatchNorm model uses (and leaves untouched) the global running statistics."""
+        if not hasattr(self, "teacher"):
+            self.teacher = copy.deepcopy(self.model).eval()
         with torch.no_grad():
-            return local.forward(self.model, shared["global_params"], shared["global_buffers"], x).detach()
+            return local.forward(self.teacher, shared["global_params"], shared["global_buffers"], x).detach()
 
     def knob(self, name: str) -> float:
         """The paper's knob, or FedNTDConfig's default when run with a plain FLConfig (the engine's tests)."""
