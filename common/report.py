@@ -119,7 +119,7 @@ def paper_vs_ours(reported: list[dict], summary: pd.DataFrame) -> pd.DataFrame:
     Each entry of `reported`: {quantity, paper, source, setting?, metric?, scale? (multiplier for ours)}."""
     rows = []
     for item in reported:
-        ours = "not run"
+        ours = "not run" if item.get("setting") else "-"   # "-": a reference number with nothing of ours beside it
         if item.get("setting") and item.get("metric"):
             rows_ = summary[summary["setting"] == item["setting"]]
             if not rows_.empty and item["metric"] in rows_:

@@ -57,5 +57,5 @@ def test_paper_vs_ours_puts_mean_std_beside_the_papers_number():
     table = paper_vs_ours([{"quantity": "acc a", "paper": "90", "source": "[abs]", "setting": "a", "metric": "acc",
                             "scale": 100}, {"quantity": "other", "paper": "1", "source": "[mem]"}], _summary())
     assert table.iloc[0]["ours (mean ± std over seeds)"] == "85.00 ± 5.00 (n=3)"
-    assert table.iloc[1]["ours (mean ± std over seeds)"] == "not run"
+    assert table.iloc[1]["ours (mean ± std over seeds)"] == "-"  # a reference row with no setting of ours
     assert mean_std([1.0]) == "1.00 ± 0.00"

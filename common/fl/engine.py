@@ -234,7 +234,8 @@ def run_federated(cfg, seed: int, record: RunRecord, method_cls: type[Method] | 
             bar.set_postfix(acc=f"{metrics['test_acc']:.4f}")
             tqdm.write(f"[{method.name} seed {seed}] round {r}/{cfg.rounds} " +
                        " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    accs = np.array([h["test_acc"] for h in record.history])
+    accs = np.array([h["test_acc"] for h in record.history], dtype=float)
+    accs = accs[~np.isnan(accs)]  # a method may skip the global test in some rounds
     record.bytes_sent = down_total + up_total
     record.summary = {"final_test_acc": float(accs[-1]), "best_test_acc": float(accs.max()),
                       "last5_test_acc": float(accs[-5:].mean()), "bytes_down": down_total, "bytes_up": up_total}

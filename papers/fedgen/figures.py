@@ -249,9 +249,7 @@ only MNIST is run.
     rep.table("table1", table1(summary),
               f"Accuracy (%) by method and α, mean ± std over seeds ({scale} scale: {cfg['rounds']} rounds; the paper's "
               f"numbers are after 200 rounds)")
-    pvo = paper_vs_ours(spec["reported"], summary)
-    pvo.loc[pvo["our setting"] == "-", "ours (mean ± std over seeds)"] = "-"
-    rep.table("paper_vs_ours", pvo, "The paper's numbers with provenance (see shared/papers/fedgen.md) beside ours")
+    rep.table("paper_vs_ours", paper_vs_ours(spec["reported"], summary), "The paper's numbers with provenance (see shared/papers/fedgen.md) beside ours")
     rep.table("paper_style", table_paper_style(hist),
               "The paper's statistic exactly: top-5 rounds of each seed pooled (values = 5 × seeds), mean ± std")
     rep.section("Claims")
