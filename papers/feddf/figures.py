@@ -19,7 +19,8 @@ METHODS = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedavgm": "FedAvgM", "fedd
 ALPHAS = {"a1": 1.0, "a01": 0.1}
 ABLATIONS = {"fedavg_a01": "FedAvg", "feddf_a01": "FedDF (CIFAR-100, val. selection)",
              "feddf_noise_a01": "FedDF, random-noise distillation data",
-             "feddf_fixed_a01": "FedDF, fixed steps, no validation (no labelled data)"}
+             "feddf_fixed_a01": "FedDF, fixed steps, no validation (no labelled data)",
+             "fedavg_e10_a01": "FedAvg, E = 10 local epochs", "feddf_e10_a01": "FedDF, E = 10 local epochs"}
 # The paper's cells we could verify (shared/papers/feddf.md §2.2-2.3); everything else is left blank.
 PAPER_ROUNDS = {("feddf", "a01"): "39 ± 10 (target 75 %) [issue#11]"}
 PAPER_ACC = {("feddf", "a01"): "71.36 ± 1.07 [issue#11]"}
@@ -83,13 +84,14 @@ def fig_curves(hist: pd.DataFrame, best_so_far: bool = False):
 def fig_fusion(hist: pd.DataFrame):
     """Inside a FedDF round: the clients' ensemble (the teacher), the plain average (the student's start)
     and the distilled server model, on the test set."""
-    df = hist[hist["setting"].isin(["feddf_a01", "feddf_a1"]) & hist["fedavg_test_acc"].notna()] \
+    panels = {"feddf_a01": "α = 0.1", "feddf_a1": "α = 1", "feddf_e10_a01": "α = 0.1, E = 10"}
+    df = hist[hist["setting"].isin(list(panels)) & hist["fedavg_test_acc"].notna()] \
         if "fedavg_test_acc" in hist else hist.iloc[:0]
     if df.empty:
         return None
     long = df.melt(id_vars=["setting", "seed", "round"], var_name="model", value_name="acc",
                    value_vars=["ensemble_test_acc", "fedavg_test_acc", "test_acc"])
-    long = long.assign(acc=100 * long["acc"], panel=long["setting"].map({"feddf_a01": "α = 0.1", "feddf_a1": "α = 1"}),
+    long = long.assign(acc=100 * long["acc"], panel=long["setting"].map(panels),
                        model=long["model"].map({"ensemble_test_acc": "ensemble of received models (teacher)",
                                                 "fedavg_test_acc": "their average (FedAvg, student start)",
                                                 "test_acc": "distilled (FedDF server model)"}))
@@ -226,10 +228,11 @@ sampled clients. Rounds-to-target: target {100 * target:.0f} %; a run that never
                  "FedDF then distils every architecture's average from the ensemble of all received models.")
         rep.table("hetero", table_hetero(summary, archs), "Each architecture's server model: FedAvg within it vs FedDF")
         rep.figure("hetero", fig_hetero(hist, archs), "Heterogeneous clients: test accuracy per architecture")
-    rep.section("Ablations: distillation data and validation-based selection")
+    rep.section("Ablations: distillation data, validation-based selection, local epochs")
     abl = table_ablations(summary, rounds)
     if not abl.empty:
-        rep.table("ablations", abl, "α = 0.1: distillation source, and fixed steps without the labelled server split")
+        rep.table("ablations", abl, "α = 0.1: distillation source, fixed steps without the labelled server split, "
+                  "and longer local training (E = 10)")
     rep.section("Partitions")
     for name, (fig, caption) in fig_partitions(records, scale).items():
         rep.figure(name, fig, caption)
@@ -254,7 +257,7 @@ def reading(summary: pd.DataFrame, hist: pd.DataFrame, claims: list[dict], round
             lines.append(f"- Accuracy level, FedAvg at α = {alpha}: {mean_std(g['final_test_acc'], 100, 1)} % after "
                          f"{rounds} rounds, best {mean_std(g['best_test_acc'], 100, 1)} % (chance: 10 %).")
     if "ensemble_test_acc" in hist:
-        for setting, alpha in (("feddf_a01", 0.1), ("feddf_a1", 1.0)):
+        for setting, alpha in (("feddf_a01", 0.1), ("feddf_a1", 1.0), ("feddf_e10_a01", "0.1 with E = 10")):
             h = hist[(hist["setting"] == setting) & hist["ensemble_test_acc"].notna()]
             if h.empty:
                 continue
