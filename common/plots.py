@@ -14,10 +14,10 @@ sns.set_theme(style="whitegrid", context="notebook", palette="colorblind")
 
 def curves(df: pd.DataFrame, x: str, y: str, hue: str = "setting", *, col: str | None = None,
            title: str = "", xlabel: str | None = None, ylabel: str | None = None, logy: bool = False,
-           hue_order=None, height: float = 3.6):
+           hue_order=None, col_order=None, height: float = 3.6):
     """Line per `hue` (mean over seeds) with a ± 1 std band over seeds; one panel per `col` value."""
     grid = sns.relplot(data=df, x=x, y=y, hue=hue, col=col, kind="line", errorbar="sd", height=height,
-                       aspect=1.35, hue_order=hue_order, facet_kws={"sharey": True})
+                       aspect=1.35, hue_order=hue_order, col_order=col_order, facet_kws={"sharey": True})
     grid.set_axis_labels(xlabel or x, ylabel or y)
     if col:
         grid.set_titles("{col_name}")

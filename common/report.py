@@ -119,8 +119,9 @@ def paper_vs_ours(reported: list[dict], summary: pd.DataFrame) -> pd.DataFrame:
     Each entry of `reported`: {quantity, paper, source, setting?, metric?, scale? (multiplier for ours)}."""
     rows = []
     for item in reported:
-        ours = "not run" if item.get("setting") else "-"   # "-": a reference number with nothing of ours beside it
-        if item.get("setting") and item.get("metric"):
+        ours_setting = item.get("setting") not in (None, "", "-")
+        ours = "not run" if ours_setting else "-"   # "-": a reference number with nothing of ours beside it
+        if ours_setting and item.get("metric"):
             rows_ = summary[summary["setting"] == item["setting"]]
             if not rows_.empty and item["metric"] in rows_:
                 ours = mean_std(rows_[item["metric"]], item.get("scale", 1.0), item.get("digits", 2))

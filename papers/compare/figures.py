@@ -35,6 +35,7 @@ def fig_curves(hist: pd.DataFrame, dataset: str):
     df = df.assign(test_acc=100 * df["test_acc"])
     return plots.curves(df, "round", "test_acc", hue="method", col="partition",
                         hue_order=_order(set(df["method"]), METHOD_ORDER), ylabel="test accuracy (%)",
+                        col_order=_order(set(df["partition"]), PARTITION_ORDER),
                         title=f"{dataset}: global-model test accuracy per round (mean ± std over seeds; "
                               "central = all data in one place)")
 
