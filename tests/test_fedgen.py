@@ -17,7 +17,7 @@ from common.results import RunRecord
 from papers.fedgen.config import FedGenConfig
 from papers.fedgen.method import (METHOD_CLASSES, ConditionalGenerator, FedGen, diversity_loss,
                                   fedgen_dirichlet_partition, label_weights, qualified_labels, regulariser_weight,
-                                  run, teacher_loss, user_test_splits)
+                                  teacher_loss, user_test_splits)
 from tests.conftest import needs_mnist
 from tests.test_workflow import check_report, run_workflow
 

@@ -9,8 +9,7 @@ import pandas as pd
 from common import experiments, plots
 from common.fl.engine import Federation
 from common.partition import class_counts, partition
-from common.report import Report, aggregate, mean_std, paper_vs_ours
-from common.results import history_frame, load_records, summary_frame
+from common.report import Report, load_results, mean_std, paper_vs_ours
 from papers.feddf import PAPER
 from papers.feddf.config import FedDFConfig
 
@@ -171,11 +170,7 @@ def fig_partitions(records, scale: str):
 
 
 def report(results: Path, out: Path, scale: str) -> None:
-    spec = experiments.experiments(PAPER_ID)
-    records = load_records(Path(results).glob("*/seed*.json"))
-    if not records:
-        raise experiments.ConfigError(f"no run records under {results}: run the workflow first")
-    hist, summary = history_frame(records), summary_frame(records)
+    spec, records, hist, summary = load_results(PAPER_ID, results)
     by_setting = {r.setting: r.config for r in records}
     cfg = by_setting.get("feddf_a01", records[0].config)
     rounds, target = cfg["rounds"], cfg["target_acc"]

@@ -10,10 +10,9 @@ import pandas as pd
 import seaborn as sns
 
 from common import data as datasets
-from common import experiments, plots
+from common import plots
 from common.partition import class_counts
-from common.report import Report, mean_std, paper_vs_ours
-from common.results import history_frame, load_records, summary_frame
+from common.report import Report, load_results, mean_std, paper_vs_ours
 from papers.fedgen import PAPER
 from papers.fedgen.method import fedgen_dirichlet_partition
 
@@ -219,12 +218,9 @@ def fig_partitions(alphas: list[float], cfg: dict):
 
 
 def report(results: Path, out: Path, scale: str) -> None:
-    spec = experiments.experiments(PAPER_ID)
-    records = load_records(Path(results).glob("*/seed*.json"))
-    if not records:
-        raise experiments.ConfigError(f"no run records under {results}: run the workflow first")
-    hist = annotate(history_frame(records))
-    summary = annotate(summary_frame(records).drop(columns=["latent_pca"], errors="ignore"))
+    spec, records, hist, summary = load_results(PAPER_ID, results)
+    hist = annotate(hist)
+    summary = annotate(summary.drop(columns=["latent_pca"], errors="ignore"))
     cfg = records[0].config
     seeds = sorted({r.seed for r in records})
     wall = summary.groupby("setting")["wall_time_s"].mean()

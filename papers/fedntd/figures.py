@@ -11,8 +11,7 @@ import seaborn as sns
 from common import experiments, plots
 from common.fl.engine import Federation
 from common.partition import class_counts
-from common.report import Report, aggregate, paper_vs_ours
-from common.results import history_frame, load_records, summary_frame
+from common.report import Report, aggregate, load_results, paper_vs_ours
 from papers.fedntd import PAPER
 from papers.fedntd.config import FedNTDConfig
 
@@ -150,11 +149,7 @@ def fig_partitions(records) -> dict:
 
 
 def report(results: Path, out: Path, scale: str) -> None:
-    spec = experiments.experiments(PAPER_ID)
-    records = load_records(Path(results).glob("*/seed*.json"))
-    if not records:
-        raise experiments.ConfigError(f"no run records under {results}: run the workflow first")
-    hist, summary = history_frame(records), summary_frame(records)
+    spec, records, hist, summary = load_results(PAPER_ID, results)
     cfg = records[0].config
     rep = Report(out, "FedNTD (Lee et al., NeurIPS 2022): not-true distillation", PAPER, scale, PAPER_ID,
                  [r.commit for r in records])
