@@ -92,13 +92,16 @@ def batch(data, plan: Plan, s: int, k: int | slice = slice(None)):
     return x.view(*idx.shape, *x.shape[1:]), data.y[idx], plan.weight[k, s]
 
 
-def _sgd_update(p, g, buf, lr, momentum, weight_decay):
-    """torch.optim.SGD's rule (dampening 0, no Nesterov): d = g + wd * p; buf = m * buf + d; p -= lr * buf."""
-    d = g + weight_decay * p if weight_decay else g
-    if momentum:
-        buf = momentum * buf + d
-        d = buf
-    return p - lr * d, buf
+def _sgd_step(params: list, grads: list, momentum: list | None, lr: float, m: float, weight_decay: float):
+    """torch.optim.SGD's rule (dampening 0, no Nesterov), in place on all tensors at once (views of the stacked
+    client parameters): d = g + wd * p; buf = m * buf + d; p -= lr * buf."""
+    if weight_decay:
+        torch._foreach_add_(grads, params, alpha=weight_decay)
+    if momentum is not None:
+        torch._foreach_mul_(momentum, m)
+        torch._foreach_add_(momentum, grads)
+        grads = momentum
+    torch._foreach_add_(params, grads, alpha=-lr)
 
 
 def train_vectorized(method, model: nn.Module, params: dict, buffers: dict, data, plan: Plan, lr: float,
@@ -124,12 +127,8 @@ def train_vectorized(method, model: nn.Module, params: dict, buffers: dict, data
         b_k = {n: v[:k].clone() for n, v in buffers.items()}  # BatchNorm updates these in place
         grads, (_, ce) = step(p_k, b_k, x, y, w, shared, {n: v[:k] for n, v in mine.items()})
         check_finite(ce.mean(), f"local step {s}")
-        for n in params:
-            m_k = momentum[n][:k] if cfg.momentum else None
-            new_p, new_m = _sgd_update(p_k[n], grads[n], m_k, lr, cfg.momentum, cfg.weight_decay)
-            params[n][:k] = new_p
-            if cfg.momentum:
-                momentum[n][:k] = new_m
+        _sgd_step([p_k[n] for n in params], [grads[n] for n in params],
+                  [momentum[n][:k] for n in params] if cfg.momentum else None, lr, cfg.momentum, cfg.weight_decay)
         for n, b in b_k.items():
             buffers[n][:k] = b
         loss_sum[:k] += ce.detach()
