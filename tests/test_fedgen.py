@@ -117,21 +117,23 @@ def fedgen_method(**kw):
     return FedGen(cfg, fed, model), {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def penalty_gradient(method, state, shared):
+    """Gradient of FedGen's local penalty w.r.t. every model parameter, on 8 real samples."""
+    from common.fl.local import forward
+
+    params = {n: state[n] for n in method.param_names}
+    buffers = {n: state[n] for n in method.buffer_names}
+    x = method.fed.train.normalize(method.fed.train.x[:8])
+    y, w = method.fed.train.y[:8], torch.ones(8)
+    return grad(lambda p: method.local_penalty(p, x, y, w, forward(method.eval_model, p, buffers, x), shared, {}))(params)
+
+
 def test_synthetic_cross_entropy_reaches_only_the_last_layer():
     method, state = fedgen_method(gen_beta=0.0)                             # synthetic CE alone
     shared, _ = method.round_context(state, [0, 1], round_=2)
     assert method.alpha_t > 0 and method.beta_t == 1e-4                     # the code floors the weights at 1e-4
     method.beta_t = 0.0
-    params = {n: state[n] for n in method.param_names}
-    buffers = {n: state[n] for n in method.buffer_names}
-    x = method.fed.train.normalize(method.fed.train.x[:8])
-    y, w = method.fed.train.y[:8], torch.ones(8)
-
-    def penalty(p):
-        from common.fl.local import forward
-        return method.local_penalty(p, x, y, w, forward(method.eval_model, p, buffers, x), shared, {})
-
-    g = grad(penalty)(params)
+    g = penalty_gradient(method, state, shared)
     for name, value in g.items():
         if name.startswith("classifier."):
             assert value.abs().sum() > 0, name
@@ -143,16 +145,7 @@ def test_latent_matching_reaches_the_feature_extractor():
     method, state = fedgen_method(gen_alpha=0.0)                            # latent-matching KL alone
     shared, _ = method.round_context(state, [0, 1], round_=2)
     method.alpha_t = 0.0
-    params = {n: state[n] for n in method.param_names}
-    buffers = {n: state[n] for n in method.buffer_names}
-    x = method.fed.train.normalize(method.fed.train.x[:8])
-    y, w = method.fed.train.y[:8], torch.ones(8)
-
-    def penalty(p):
-        from common.fl.local import forward
-        return method.local_penalty(p, x, y, w, forward(method.eval_model, p, buffers, x), shared, {})
-
-    g = grad(penalty)(params)
+    g = penalty_gradient(method, state, shared)
     assert g["features.0.weight"].abs().sum() > 0 and g["features.7.weight"].abs().sum() > 0
 
 

@@ -118,7 +118,7 @@ def train_vectorized(method, model: nn.Module, params: dict, buffers: dict, data
     # randomness="different": a method may draw noise inside its loss (each client its own draws)
     step = vmap(grad_and_value(method.loss, has_aux=True), in_dims=(0, 0, 0, 0, 0, None, 0),
                 randomness="different")
-    momentum = {n: torch.zeros_like(p) for n, p in params.items()} if cfg.momentum else {n: None for n in params}
+    momentum = {n: torch.zeros_like(p) for n, p in params.items()} if cfg.momentum else {}
     loss_sum = torch.zeros(len(order))
     for s in range(plan.steps):
         k = int((n_steps > s).sum())

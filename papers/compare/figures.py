@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
+import torch
 
 from common import data as datasets
 from common import plots
@@ -67,12 +70,8 @@ def fig_final_bars(summary: pd.DataFrame):
 
 def fig_partitions(cfg: dict, seed: int):
     """Client-by-class counts of the partitions the runs used (seed `seed`)."""
-    import matplotlib.pyplot as plt
-
     train = datasets.load("mnist", "train")
     if cfg["train_subset"]:
-        import torch
-
         gen = torch.Generator().manual_seed(seed)
         train = train.subset(torch.randperm(len(train), generator=gen)[:cfg["train_subset"]])
     labels = train.y.numpy()
@@ -82,8 +81,6 @@ def fig_partitions(cfg: dict, seed: int):
                                                ("Dirichlet α=0.1", "dirichlet", {"alpha": 0.1, "min_size": 10})]):
         parts = partition(kind, labels, cfg["n_clients"], seed, dataset=f"mnist_n{len(labels)}", **params)
         counts = class_counts(parts, labels, 10)
-        import seaborn as sns
-
         sns.heatmap(counts, ax=ax, cmap="viridis", cbar=ax is axes[-1])
         ax.set(title=name, xlabel="class", ylabel="client")
     fig.suptitle(f"MNIST partitions over {cfg['n_clients']} clients (seed {seed}); CIFAR-10 splits look alike")
