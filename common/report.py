@@ -10,7 +10,7 @@ Claims come from the paper's experiments.yaml and are checked on the run summari
       a: drop99
       b: dense
       margin: 0.005            # greater/not_worse: in the metric's units; ratio_at_least: the ratio
-      # gap_greater only: c, d -- claim (a - b) > (c - d) + margin
+      # gap_greater only: c, d -- claim (a - b) > (c - d) + margin; greater without b: a itself > margin
 
 Verdicts, with d_s the per-seed difference (or ratio) and sd its standard deviation over seeds:
 - greater:        reproduced if mean(d) - sd > margin; not reproduced if mean(d) <= margin; else inconclusive.
@@ -45,7 +45,8 @@ def _per_seed(summary: pd.DataFrame, setting: str, metric: str) -> pd.Series:
 
 
 def claim_statistic(claim: dict, summary: pd.DataFrame) -> pd.Series:
-    """The per-seed statistic a claim is judged on (difference, gap of differences, or ratio)."""
+    """The per-seed statistic a claim is judged on (difference, gap of differences, or ratio; a `greater`
+    claim without `b` judges the metric of `a` itself against the margin)."""
     kind = claim["kind"]
     if kind not in CLAIM_KINDS:
         raise ValueError(f"claim {claim.get('id')!r}: unknown kind {kind!r}; use one of {CLAIM_KINDS}")
@@ -55,7 +56,7 @@ def claim_statistic(claim: dict, summary: pd.DataFrame) -> pd.Series:
     elif kind == "gap_greater":
         stat = (get("a") - get("b")) - (get("c") - get("d"))
     else:
-        stat = get("a") - get("b")
+        stat = get("a") - get("b") if "b" in claim else get("a")
     return stat.dropna()
 
 
@@ -144,12 +145,14 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def load_results(paper: str, results: Path):
-    """(experiments spec, run records, per-step frame, per-run frame) of a paper's results folder."""
+def load_results(paper: str, results: Path, scale: str):
+    """(experiments spec, run records, per-step frame, per-run frame) of a paper's results folder, keeping
+    only the settings the scale runs now (a setting since removed from experiments.yaml may linger there)."""
     from common import experiments
     from common.results import history_frame, load_records, summary_frame
 
-    records = load_records(Path(results).glob("*/seed*.json"))
+    current = set(experiments.settings(paper, scale))
+    records = [r for r in load_records(Path(results).glob("*/seed*.json")) if r.setting in current]
     if not records:
         raise experiments.ConfigError(f"no run records under {results}: run the workflow first "
                                       f"(snakemake reports/{paper})")
@@ -208,7 +211,7 @@ class Report:
         self.claims = evaluate_claims(claims, summary)
         rows = []
         for c in self.claims:
-            stat = {"ratio_at_least": "ratio a/b", "gap_greater": "(a−b)−(c−d)"}.get(c["kind"], "a − b")
+            stat = {"ratio_at_least": "ratio a/b", "gap_greater": "(a−b)−(c−d)"}.get(c["kind"], "a − b" if "b" in c else "a")
             value = mean_std(list(c["per_seed"].values()), c.get("scale", 1.0)) if c["n_seeds"] else "n/a"
             settings = ", ".join(str(c[k]) for k in ("a", "b", "c", "d") if k in c)
             rows.append({"claim": c["text"], "verdict": f"**{c['verdict']}**", "statistic": f"{stat} of {c['metric']}",

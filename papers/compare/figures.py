@@ -88,7 +88,7 @@ def fig_partitions(cfg: dict, seed: int):
 
 
 def report(results: Path, out: Path, scale: str) -> None:
-    spec, records, hist, summary = load_results(PAPER_ID, results)
+    spec, records, hist, summary = load_results(PAPER_ID, results, scale)
     hist, summary = _split_setting(hist), _split_setting(summary)
     cfg = records[0].config
     rep = Report(out, "Federated baselines side by side (the teaching comparison)", PAPER, scale, PAPER_ID,

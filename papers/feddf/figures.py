@@ -170,7 +170,7 @@ def fig_partitions(records, scale: str):
 
 
 def report(results: Path, out: Path, scale: str) -> None:
-    spec, records, hist, summary = load_results(PAPER_ID, results)
+    spec, records, hist, summary = load_results(PAPER_ID, results, scale)
     by_setting = {r.setting: r.config for r in records}
     cfg = by_setting.get("feddf_a01", records[0].config)
     rounds, target = cfg["rounds"], cfg["target_acc"]

@@ -218,7 +218,7 @@ def fig_partitions(alphas: list[float], cfg: dict):
 
 
 def report(results: Path, out: Path, scale: str) -> None:
-    spec, records, hist, summary = load_results(PAPER_ID, results)
+    spec, records, hist, summary = load_results(PAPER_ID, results, scale)
     hist = annotate(hist)
     summary = annotate(summary.drop(columns=["latent_pca"], errors="ignore"))
     cfg = records[0].config

@@ -149,7 +149,7 @@ def fig_partitions(records) -> dict:
 
 
 def report(results: Path, out: Path, scale: str) -> None:
-    spec, records, hist, summary = load_results(PAPER_ID, results)
+    spec, records, hist, summary = load_results(PAPER_ID, results, scale)
     cfg = records[0].config
     rep = Report(out, "FedNTD (Lee et al., NeurIPS 2022): not-true distillation", PAPER, scale, PAPER_ID,
                  [r.commit for r in records])

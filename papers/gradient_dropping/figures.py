@@ -121,7 +121,7 @@ def _layer_norm_reading(claims: list[dict]) -> str:
 
 
 def report(results: Path, out: Path, scale: str) -> None:
-    spec, records, hist, summary = load_results(PAPER_ID, results)
+    spec, records, hist, summary = load_results(PAPER_ID, results, scale)
     hist, summary = robust_modelled_time(hist, summary, records[0].config["workers"])
     cfg = records[0].config
     rep = Report(out, "Gradient dropping (Aji & Heafield, 2017): sparse communication", PAPER, scale, PAPER_ID,
