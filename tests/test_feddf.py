@@ -245,7 +245,7 @@ def test_rounds_to_target_is_capped_when_never_reached():
 def test_feddf_workflow(tmp_path):
     run_workflow("feddf", tmp_path)
     out = tmp_path / "reports" / "feddf"
-    check_report(out, ["curves", "partitions", "hetero"])
+    check_report(out, ["curves", "fusion", "partitions", "hetero"])
     record = json.loads((tmp_path / "results/smoke/feddf/feddf_a01/seed0.json").read_text())
     assert record["config"]["partition"] == "dirichlet_feddf" and record["history"][-1]["distill_steps"] >= 1
     text = (out / "README.md").read_text()

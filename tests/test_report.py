@@ -1,8 +1,9 @@
 import pandas as pd
 import pytest
 
-from common.report import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, evaluate_claims, mean_std, paper_vs_ours,
-                           verdict)
+from common.report import (INCONCLUSIVE, NOT_REPRODUCED, REPRODUCED, evaluate_claims, load_results, mean_std,
+                           paper_vs_ours, verdict)
+from common.results import RunRecord
 
 
 @pytest.mark.parametrize("kind, values, margin, expected", [
@@ -44,6 +45,22 @@ def test_gap_claim_and_missing_setting():
         {"id": "m", "text": "", "kind": "greater", "metric": "acc", "a": "a", "b": "zzz"}], _summary())
     assert gap["mean"] == pytest.approx(0.1 - 0.01) and gap["verdict"] == REPRODUCED
     assert missing["verdict"] == "not run at this scale" and missing["n_seeds"] == 0
+
+
+def test_greater_claim_without_b_judges_a_itself_against_the_margin():
+    above, below = evaluate_claims([
+        {"id": "x", "text": "", "kind": "greater", "metric": "acc", "a": "a", "margin": 0.7},
+        {"id": "y", "text": "", "kind": "greater", "metric": "acc", "a": "c", "margin": 0.7}], _summary())
+    assert above["per_seed"] == pytest.approx({0: 0.9, 1: 0.8, 2: 0.85}) and above["verdict"] == REPRODUCED
+    assert below["verdict"] == NOT_REPRODUCED
+
+
+def test_load_results_keeps_only_the_scales_current_settings(tmp_path):
+    for setting in ("dense", "a_setting_since_removed"):
+        RunRecord("gradient_dropping", setting, 0, "smoke", {}, summary={"final_test_acc": 0.5}).save(
+            tmp_path / setting / "seed0.json")
+    _, records, _, summary = load_results("gradient_dropping", tmp_path, "smoke")
+    assert [r.setting for r in records] == ["dense"] and set(summary["setting"]) == {"dense"}
 
 
 def test_unknown_claim_kind_and_metric_raise():
