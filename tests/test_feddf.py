@@ -238,6 +238,17 @@ def test_rounds_to_target_is_capped_when_never_reached():
     assert capped_rounds_to_target(hist, 0.9, 2) == 3.0
 
 
+def test_paired_rounds_compares_the_same_seed_and_round_from_a_given_round_on():
+    import pandas as pd
+    from papers.feddf.figures import _paired_rounds
+    hist = pd.DataFrame({"setting": ["feddf_a01"] * 4 + ["fedavg_a01"] * 4, "seed": [0, 0, 1, 1] * 2,
+                         "round": [1, 2, 1, 2] * 2,
+                         "fedavg_test_acc": [0.9, 0.5, 0.9, 0.3] + [None] * 4,
+                         "test_acc": [0.0] * 4 + [0.1, 0.4, 0.1, 0.4]})
+    diff = _paired_rounds(hist, "feddf_a01", "fedavg_test_acc", "fedavg_a01", "test_acc", first_round=2)
+    assert diff.to_dict() == pytest.approx({0: 0.1, 1: -0.1})
+
+
 # --------------------------------------------------------------------------------------- the workflow
 
 @pytest.mark.workflow
