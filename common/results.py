@@ -35,11 +35,12 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def git_commit() -> str:
-    """The commit of the working tree (with '-dirty' when it has uncommitted changes), or 'unknown'."""
+    """The commit of the working tree (with '-dirty' when tracked files other than the generated reports/ have
+    uncommitted changes: Snakemake clears a report's folder before rebuilding it), or 'unknown'."""
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)reports"], cwd=REPO,
                                capture_output=True, text=True, check=True).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (subprocess.CalledProcessError, FileNotFoundError):
