@@ -61,6 +61,18 @@ def test_distillation_moves_the_student_toward_the_averaged_teacher():
     assert logs["s"].steps == 150 and logs["s"].last_loss < logs["s"].first_loss
 
 
+def test_keep_start_returns_the_undistilled_student_when_validation_prefers_it():
+    teachers = [linear(torch.eye(3))]
+    student = linear(torch.zeros(3, 3))
+    scores = iter([0.9, 0.5, 0.4, 0.3])   # the start (step 0) scores best
+    logs = distill({"s": student}, teachers, iter(lambda: torch.randn(8, 3), None), steps=100, lr=0.01,
+                   val_every=2, patience=4, validate=lambda model: next(scores), keep_start=True)
+    assert torch.equal(student.weight, torch.zeros(3, 3))
+    assert logs["s"].best_step == 0 and logs["s"].best_val_acc == 0.9 and logs["s"].steps == 4
+    with pytest.raises(ConfigError, match="feddf_keep_start"):
+        FedDFConfig(feddf_keep_start=True, feddf_select_on_val=False)
+
+
 def test_validation_keeps_the_best_student_and_stops_early():
     teachers = [linear(torch.eye(3))]
     student = linear(torch.zeros(3, 3))

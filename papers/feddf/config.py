@@ -40,6 +40,7 @@ class FedDFConfig(FLConfig):
     feddf_val_every: int = 100          # validate the student every N steps ...
     feddf_patience: int = 1_000         # ... and stop after this many steps without improvement
     feddf_select_on_val: bool = True    # False: run feddf_steps and keep the last student (no labelled data)
+    feddf_keep_start: bool = False      # True: the FedAvg start competes on validation (return_best_model_on_val)
     feddf_archs: tuple[str, ...] = ()   # heterogeneous clients: client c trains feddf_archs[c % len]
     target_acc: float = 0.75            # rounds-to-target (Table 1): 75 % at alpha = 0.1 [issue#11]
 
@@ -60,6 +61,9 @@ class FedDFConfig(FLConfig):
         if self.method in ("feddf", "feddf_hetero") and self.feddf_select_on_val:
             check(self.server_val_fraction > 0, "FedDF's validation-based selection needs a labelled server split: "
                   "set server_val_fraction > 0, or feddf_select_on_val: false for fixed distillation steps")
+        check(not self.feddf_keep_start or self.feddf_select_on_val,
+              "feddf_keep_start compares the start with the distilled students on the validation split: it needs "
+              "feddf_select_on_val: true")
         unknown = [a for a in self.feddf_archs if a not in MODELS]
         check(not unknown, f"feddf_archs {unknown} are not registered models; known: {', '.join(sorted(MODELS))}")
         if self.method in ("feddf_hetero", "fedavg_hetero"):

@@ -19,6 +19,7 @@ ALPHAS = {"a1": 1.0, "a01": 0.1}
 ABLATIONS = {"fedavg_a01": "FedAvg", "feddf_a01": "FedDF (CIFAR-100, val. selection)",
              "feddf_noise_a01": "FedDF, random-noise distillation data",
              "feddf_fixed_a01": "FedDF, fixed steps, no validation (no labelled data)",
+             "feddf_keepstart_a01": "FedDF, the FedAvg start competes on validation (return_best_model_on_val)",
              "fedavg_e5_a01": "FedAvg, short local training", "feddf_e5_a01": "FedDF, short local training",
              "fedavg_bn_a01": "FedAvg, small BN-CNN at lr 0.1", "feddf_bn_a01": "FedDF, small BN-CNN at lr 0.1"}
 SHORT_E = "e5_a01"   # the short-local-training contrast
@@ -290,13 +291,13 @@ def reading(summary: pd.DataFrame, hist: pd.DataFrame, claims: list[dict], round
                          f"average of the models FedDF's clients return (they start from the distilled model) minus "
                          f"FedAvg's model in the same round (same seed, same sampled clients): {_pt(carried)}. "
                          "Positive means the distilled start carries over into better client models.")
-    for setting in ("feddf_a01", "feddf_fixed_a01"):
+    for setting in ("feddf_a01", "feddf_fixed_a01", "feddf_keepstart_a01"):
         g = summary[summary["setting"] == setting]
         if not g.empty and "mean_distill_steps" in g:
             h = hist[hist["setting"] == setting]
             lines.append(f"- `{setting}`: {mean_std(g['mean_distill_steps'], 1, 1)} distillation steps per round; "
                          f"kept student from step {mean_std(h['distill_best_step'], 1, 1)} on average "
-                         "(0 = no selection, the last student).")
+                         "(0 = the undistilled start, or no selection and the last student).")
     gaps = {}
     for alpha in ("a01", "a1"):
         a, b = summary[summary["setting"] == f"feddf_{alpha}"], summary[summary["setting"] == f"fedavg_{alpha}"]

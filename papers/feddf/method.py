@@ -14,7 +14,9 @@ Per round, following the official `pcode/aggregation/noise_knowledge_transfer.py
    T = 1, without a T² factor.
 4. Every `feddf_val_every` steps the student is scored on the server's labelled validation split; the
    best one is kept, and distillation stops after `feddf_patience` steps without improvement.
-   With `feddf_select_on_val: false` it runs `feddf_steps` steps and keeps the last student.
+   With `feddf_select_on_val: false` it runs `feddf_steps` steps and keeps the last student. With
+   `feddf_keep_start: true` (official `return_best_model_on_val`, off by default) the FedAvg start is scored
+   first and competes with the distilled students.
 """
 from __future__ import annotations
 
@@ -139,7 +141,7 @@ def fit_images(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
 @dataclass
 class DistillLog:
     steps: int = 0              # steps taken before stopping
-    best_step: int = 0          # step of the kept student (0: no validation, the last one is kept)
+    best_step: int = 0          # step of the kept student (0: the start, or no validation and the last one)
     best_val_acc: float = float("nan")
     first_loss: float = float("nan")
     last_loss: float = float("nan")
@@ -147,13 +149,15 @@ class DistillLog:
 
 def distill(students: dict[str, nn.Module], teachers: list[nn.Module], batches: Iterator[torch.Tensor], *,
             steps: int, lr: float = 1e-3, temperature: float = 1.0, clip: float = 5.0, val_every: int = 100,
-            patience: int = 1000, validate: Callable[[nn.Module], float] | None = None) -> dict[str, DistillLog]:
+            patience: int = 1000, validate: Callable[[nn.Module], float] | None = None,
+            keep_start: bool = False) -> dict[str, DistillLog]:
     """Distil the ensemble of `teachers` into every student (one optimiser each) on shared batches.
 
     Each student: Adam(lr), CosineAnnealingLR(T_max=steps), grad-norm clip; in train mode. With `validate`
     (model -> accuracy on the labelled server split) it is scored every `val_every` steps and after its last
     step, keeps its best-scoring weights and stops after `patience` steps without improvement; without, it
-    runs `steps` steps and is returned as it ends. Students are modified in place."""
+    runs `steps` steps and is returned as it ends. With `keep_start` the undistilled student is scored first
+    (step 0) and kept if no distilled one beats it. Students are modified in place."""
     if not students:
         raise ValueError("distill needs at least one student")
     if not temperature > 0:
@@ -163,8 +167,6 @@ def distill(students: dict[str, nn.Module], teachers: list[nn.Module], batches: 
     logs = {n: DistillLog() for n in students}
     best = {n: None for n in students}
     active = set(students)
-    for s in students.values():
-        s.train()
 
     def check(name: str, step: int) -> None:
         acc = validate(students[name])
@@ -175,6 +177,11 @@ def distill(students: dict[str, nn.Module], teachers: list[nn.Module], batches: 
         elif step - log.best_step >= patience:
             active.discard(name)
 
+    if validate is not None and keep_start:
+        for name in students:
+            check(name, 0)
+    for s in students.values():
+        s.train()
     for step in range(1, steps + 1):
         if not active:
             break
@@ -247,7 +254,7 @@ class _ServerDistillation:
             students, teachers, self.distill_data.batches(cfg.feddf_batch_size, distillation_generator(self.fed.seed, round_)),
             steps=cfg.feddf_steps, lr=cfg.feddf_lr, temperature=cfg.feddf_temperature, clip=cfg.feddf_clip,
             val_every=cfg.feddf_val_every, patience=cfg.feddf_patience,
-            validate=self.validation_accuracy if use_val else None)
+            validate=self.validation_accuracy if use_val else None, keep_start=cfg.feddf_keep_start)
 
     def distill_metrics(self) -> dict:
         if not self.distill_logs:
