@@ -204,6 +204,16 @@ class Report:
         plt.close(fig)
         self.parts.append(f"![{caption}](figures/{name}.png)\n\n*{caption}*\n")
 
+    def paper_and_claims(self, spec: dict, summary: pd.DataFrame, caption: str, note: str = "") -> None:
+        """The two sections every paper report opens with: the paper's numbers beside ours (experiments.yaml's
+        `reported`), then the claims with their verdicts."""
+        self.section("The paper's numbers beside ours")
+        if note:
+            self.text(note)
+        self.table("paper_vs_ours", paper_vs_ours(spec["reported"], summary), caption)
+        self.section("Claims")
+        self.add_claims(spec["claims"], summary)
+
     def add_claims(self, claims: list[dict], summary: pd.DataFrame) -> None:
         """Evaluate the claims and add their table (the per-seed statistic, its mean ± std, the verdict).
 
@@ -211,7 +221,8 @@ class Report:
         self.claims = evaluate_claims(claims, summary)
         rows = []
         for c in self.claims:
-            stat = {"ratio_at_least": "ratio a/b", "gap_greater": "(a−b)−(c−d)"}.get(c["kind"], "a − b" if "b" in c else "a")
+            stat = {"ratio_at_least": "ratio a/b", "gap_greater": "(a−b)−(c−d)"}.get(
+                c["kind"], "a − b" if "b" in c else "a")
             value = mean_std(list(c["per_seed"].values()), c.get("scale", 1.0)) if c["n_seeds"] else "n/a"
             settings = ", ".join(str(c[k]) for k in ("a", "b", "c", "d") if k in c)
             rows.append({"claim": c["text"], "verdict": f"**{c['verdict']}**", "statistic": f"{stat} of {c['metric']}",

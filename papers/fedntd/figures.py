@@ -11,7 +11,7 @@ import seaborn as sns
 from common import experiments, plots
 from common.fl.engine import Federation
 from common.partition import class_counts
-from common.report import Report, aggregate, load_results, paper_vs_ours
+from common.report import Report, aggregate, load_results
 from papers.fedntd import PAPER
 from papers.fedntd.config import FedNTDConfig
 
@@ -167,11 +167,8 @@ Test set: {cfg['test_subset'] or 'all'} images. Seeds {sorted({r.seed for r in r
 
 **Evaluation protocol.** {spec['protocol']}
 """)
-    rep.section("The paper's numbers beside ours")
-    rep.table("paper_vs_ours", paper_vs_ours(spec["reported"], summary),
-              "Paper vs ours (provenance: [abs] arXiv abstract, [issue#4] the author in Lee-Gihun/FedNTD#4)")
-    rep.section("Claims")
-    rep.add_claims(spec["claims"], summary)
+    rep.paper_and_claims(spec, summary,
+                         "Paper vs ours (provenance: [abs] arXiv abstract, [issue#4] the author in Lee-Gihun/FedNTD#4)")
     rep.section("Results")
     rep.table("accuracy", table_accuracy(summary), f"Accuracy and forgetting per setting, mean ± std over seeds ({scale})")
     rep.table("gains", table_gains(summary), "Gain over FedAvg (last-5-round accuracy), paired by seed")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 
 from common import plots
-from common.report import Report, aggregate, load_results, paper_vs_ours
+from common.report import Report, aggregate, load_results
 from papers.gradient_dropping import PAPER
 
 PAPER_ID = "gradient_dropping"
@@ -140,11 +140,7 @@ Model: MLP 784-{'-'.join(map(str, cfg['hidden']))}-10, optionally with LayerNorm
 other jobs sharing the cores) / {cfg['workers']} (workers run in parallel) + (largest push + fetch) / {cfg['bandwidth_gbps']} Gb/s. With SGD the fetched parameter delta is as sparse as the union of the pushed
 indices, so the fetch is counted as index+value pairs too; dense runs push and fetch dense float32.
 """)
-    rep.section("The paper's numbers beside ours")
-    rep.table("paper_vs_ours", paper_vs_ours(spec["reported"], summary),
-              "Paper vs ours (provenance tags: see shared/papers/README.md)")
-    rep.section("Claims")
-    rep.add_claims(spec["claims"], summary)
+    rep.paper_and_claims(spec, summary, "Paper vs ours (provenance tags: see shared/papers/README.md)")
     rep.section("Results")
     rep.table("results", table_results(summary), f"Final and best test accuracy, traffic and modelled time ({scale})")
     rep.table("speedup", table_speedup(summary), "Modelled speed-up over dense, paired by seed")
