@@ -35,10 +35,12 @@ def crop_flip(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.T
 
 
 def cutout(x: torch.Tensor, cy: torch.Tensor, cx: torch.Tensor, size: int = CUTOUT) -> torch.Tensor:
-    """Zero a size x size square centred at (cy, cx), clipped at the border (DeVries & Taylor 2017)."""
+    """Zero rows [cy - size//2, cy + size//2) and the same columns, clipped at the border: a size x size square
+    away from the border (DeVries & Taylor 2017, `Cutout.__call__`: y1 = clip(y - L//2), y2 = clip(y + L//2))."""
     n, _, h, w = x.shape
     ys, xs = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
-    inside = ((ys - cy.view(n, 1, 1)).abs() * 2 < size) & ((xs - cx.view(n, 1, 1)).abs() * 2 < size)
+    cy, cx, half = cy.view(n, 1, 1), cx.view(n, 1, 1), size // 2
+    inside = (ys >= cy - half) & (ys < cy + half) & (xs >= cx - half) & (xs < cx + half)
     return x * (~inside).unsqueeze(1)
 
 

@@ -5,10 +5,12 @@
         seeds: [0, 1, 2]
         base: {steps: 1500}      # overrides of the paper's config defaults at this scale
         settings: [dense, drop99]  # optional: a subset of `settings` (default: all)
+        setting_seeds: {central_ref: [0]}  # optional: a setting run with its own seeds (a reference run)
     settings:                    # named settings: overrides on top of the scale's base
       dense: {drop_ratio: 0.0}
     reported: [...]              # the paper's numbers with provenance tags (see common/report.py)
-    claims: [...]                # comparisons over the results (see common/report.py)
+    regime: [...]                # baselines against their references (see common/report.py)
+    claims: [...]                # comparisons over the results, each with its origin (see common/report.py)
 
 A run is (scale, setting, seed); its record lives at results/<scale>/<paper>/<setting>/seed<k>.json.
 """
@@ -37,7 +39,34 @@ def experiments(paper: str) -> dict:
     for key in ("scales", "settings"):
         if key not in spec:
             raise ConfigError(f"{path}: missing top-level key {key!r}")
+    _check_claims(path, spec)
     return spec
+
+
+CLAIM_KINDS = ("greater", "not_worse", "ratio_at_least", "gap_greater")
+ORIGINS = ("paper", "check", "illustrative")
+
+
+def _check_claims(path: Path, spec: dict) -> None:
+    """Every claim names a known kind and origin and only defined settings; every regime row too."""
+    for claim in spec.get("claims", []):
+        cid = claim.get("id", "?")
+        if claim.get("kind") not in CLAIM_KINDS:
+            raise ConfigError(f"{path}: claim {cid!r} has kind {claim.get('kind')!r}; use one of {', '.join(CLAIM_KINDS)}")
+        if claim.get("origin") not in ORIGINS:
+            raise ConfigError(f"{path}: claim {cid!r} has origin {claim.get('origin')!r}; "
+                              f"use one of {', '.join(ORIGINS)}")
+        unknown = [claim[k] for k in ("a", "b", "c", "d") if k in claim and claim[k] not in spec["settings"]]
+        if unknown:
+            raise ConfigError(f"{path}: claim {cid!r} names undefined setting(s) {unknown}")
+    for row in spec.get("regime", []):
+        missing = [k for k in ("baseline", "setting", "metric", "reference_source") if k not in row]
+        if missing or ("reference" in row) == ("reference_setting" in row):
+            raise ConfigError(f"{path}: regime row {row.get('baseline', '?')!r} needs baseline, setting, metric, "
+                              "reference_source and exactly one of reference / reference_setting")
+        for key in ("setting", "reference_setting"):
+            if key in row and row[key] not in spec["settings"]:
+                raise ConfigError(f"{path}: regime row {row['baseline']!r} names undefined setting {row[key]!r}")
 
 
 def scale_spec(paper: str, scale: str) -> dict:
@@ -63,8 +92,11 @@ def seeds(paper: str, scale: str, override: list[int] | None = None) -> list[int
 
 
 def run_ids(paper: str, scale: str, seed_override: list[int] | None = None) -> list[str]:
-    """`<setting>/seed<k>` for every run of this paper at this scale."""
-    return [f"{s}/seed{k}" for s in settings(paper, scale) for k in seeds(paper, scale, seed_override)]
+    """`<setting>/seed<k>` for every run of this paper at this scale (a setting listed under the scale's
+    `setting_seeds` runs with its own seeds, e.g. one reference run trained to convergence)."""
+    own = scale_spec(paper, scale).get("setting_seeds", {})
+    return [f"{s}/seed{k}" for s in settings(paper, scale)
+            for k in (own[s] if s in own else seeds(paper, scale, seed_override))]
 
 
 def resolve(paper: str, scale: str, setting: str) -> dict:

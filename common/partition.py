@@ -6,8 +6,12 @@ reads the identical split (and a person can inspect it).
 
 - iid:        a seeded permutation cut into near-equal parts.
 - dirichlet:  per class, proportions over clients ~ Dir(alpha * 1) (Hsu et al. 2019), resampled until every
-              client holds at least `min_size` samples (FedNTD's `lda_partition` uses 10).
-- shards:     McMahan et al. (2017): sort by label, cut into n_clients * k shards, give each client k.
+              client holds at least `min_size` samples (FedNTD's `lda_partition` uses 10). With `cap=True`, a
+              client already holding N/n samples gets no more (p_j * (n_j < N/n), renormalised: FedNTD's
+              `partition_class_samples_with_dirichlet_distribution`, FL-bench, PFLlib).
+- shards:     McMahan et al. (2017) as FedNTD's `sharding_partition`: each class is cut into n * k / C shards
+              (its leftover samples spread over the first shards), the multiset of shard labels is shuffled and
+              dealt k to a client, so a client holds at most k classes even on an unbalanced label set.
 - by_domain:  one domain per client (`domains[i]` is sample i's domain).
 Other papers register their own variants with `@register_partition` (FedDF's block-of-10 Dirichlet).
 """
@@ -50,8 +54,9 @@ def iid_partition(labels: np.ndarray, n_clients: int, seed: int) -> list[torch.T
 
 @register_partition("dirichlet")
 def dirichlet_partition(labels: np.ndarray, n_clients: int, seed: int, alpha: float,
-                        min_size: int = 10, max_tries: int = 1000) -> list[torch.Tensor]:
-    """Label-skewed split: for each class c, q_c ~ Dir(alpha * 1_n) gives the share of c's samples per client."""
+                        min_size: int = 10, cap: bool = False, max_tries: int = 1000) -> list[torch.Tensor]:
+    """Label-skewed split: for each class c, q_c ~ Dir(alpha * 1_n) gives the share of c's samples per client;
+    with `cap`, clients already at N/n samples are left out of the later classes' shares."""
     _check_clients(len(labels), n_clients)
     if not alpha > 0:
         raise ConfigError(f"Dirichlet alpha must be > 0, got {alpha}")
@@ -61,14 +66,18 @@ def dirichlet_partition(labels: np.ndarray, n_clients: int, seed: int, alpha: fl
     classes = np.unique(labels)
     for _ in range(max_tries):
         parts: list[list[np.ndarray]] = [[] for _ in range(n_clients)]
+        sizes = np.zeros(n_clients, dtype=int)
         for c in classes:
             idx = rng.permutation(np.flatnonzero(labels == c))
             q = rng.dirichlet(np.full(n_clients, alpha))
+            if cap:
+                q = q * (sizes < len(labels) / n_clients)
+                q = q / q.sum()
             cuts = (np.cumsum(q) * len(idx)).astype(int)[:-1]
             for k, chunk in enumerate(np.split(idx, cuts)):
                 parts[k].append(chunk)
-        sizes = [sum(len(c) for c in p) for p in parts]
-        if min(sizes) >= min_size:
+                sizes[k] += len(chunk)
+        if sizes.min() >= min_size:
             return [torch.from_numpy(np.sort(np.concatenate(p))) for p in parts]
     raise ConfigError(f"no Dirichlet(alpha={alpha}) split gave every one of {n_clients} clients >= {min_size} "
                       f"samples in {max_tries} tries: raise alpha, lower n_clients or min_size")
@@ -76,16 +85,32 @@ def dirichlet_partition(labels: np.ndarray, n_clients: int, seed: int, alpha: fl
 
 @register_partition("shards")
 def shard_partition(labels: np.ndarray, n_clients: int, seed: int, shards_per_client: int) -> list[torch.Tensor]:
-    """McMahan et al.'s pathological non-IID split: sorted by label, n_clients * k equal shards, k per client."""
-    n_shards = n_clients * shards_per_client
-    _check_clients(len(labels), n_shards)
+    """Pathological non-IID split (McMahan et al. 2017) per class, as FedNTD's `sharding_partition`: class c's
+    samples are cut into n * k / C shards, the n * k shard labels are shuffled and dealt k per client, and each
+    client gets one random remaining shard of each label dealt to it: at most k classes per client."""
     if shards_per_client < 1:
         raise ConfigError(f"shards_per_client must be >= 1, got {shards_per_client}")
+    classes = np.unique(labels)
+    n_shards = n_clients * shards_per_client
+    _check_clients(len(labels), n_shards)
+    if n_shards % len(classes):
+        raise ConfigError(f"shards: n_clients x shards_per_client ({n_shards}) must be a multiple of the "
+                          f"{len(classes)} classes, so that every class is cut into the same number of shards")
+    per_class = n_shards // len(classes)
     rng = np.random.default_rng(seed)
-    order = np.lexsort((rng.permutation(len(labels)), labels))  # by label, ties in random order
-    shards = np.array_split(order, n_shards)
-    assignment = rng.permutation(n_shards).reshape(n_clients, shards_per_client)
-    return [torch.from_numpy(np.sort(np.concatenate([shards[s] for s in row]))) for row in assignment]
+    shards = {}
+    for c in classes:
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        if len(idx) < per_class:
+            raise ConfigError(f"shards: class {c} has {len(idx)} samples, fewer than its {per_class} shards; "
+                              "lower n_clients or shards_per_client")
+        shards[c] = [list(s) for s in np.array_split(idx, per_class)]
+    dealt = rng.permutation(np.repeat(classes, per_class)).reshape(n_clients, shards_per_client)
+    out = []
+    for row in dealt:
+        mine = [shards[c].pop(rng.integers(len(shards[c]))) for c in row]
+        out.append(torch.from_numpy(np.sort(np.concatenate(mine)).astype(np.int64)))
+    return out
 
 
 @register_partition("by_domain")

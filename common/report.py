@@ -10,18 +10,29 @@ Claims come from the paper's experiments.yaml and are checked on the run summari
       a: drop99
       b: dense
       margin: 0.005            # greater/not_worse: in the metric's units; ratio_at_least: the ratio
+      origin: paper            # paper | check | illustrative
       # gap_greater only: c, d -- claim (a - b) > (c - d) + margin; greater without b: a itself > margin
 
-Verdicts, with d_s the per-seed difference (or ratio) and sd its standard deviation over seeds:
-- greater:        reproduced if mean(d) - sd > margin; not reproduced if mean(d) <= margin; else inconclusive.
+`origin` says where a claim comes from: `paper` (the paper states it), `check` (our own control or
+ablation) or `illustrative` (true by construction or set by an assumed constant: shown with its value,
+never judged, never counted).
+
+Verdicts are symmetric in the spread: with d_s the per-seed statistic (difference or ratio) and sd its
+standard deviation over seeds (ddof 1),
+- greater:        reproduced if mean(d) - sd > margin; not reproduced if mean(d) + sd < margin; else inconclusive.
 - gap_greater:    as greater, on d_s = (a - b) - (c - d).
-- not_worse:      reproduced if mean(d) >= -margin; not reproduced if mean(d) + sd < -margin; else inconclusive.
+- not_worse:      reproduced if mean(d) - sd >= -margin; not reproduced if mean(d) + sd < -margin; else inconclusive.
 - ratio_at_least: reproduced if mean(r) - sd >= margin; not reproduced if mean(r) + sd < margin; else inconclusive.
+
+The regime (experiments.yaml `regime:`): for each baseline, our accuracy at this scale against the reference
+it should approach (the paper's verified number, or the mean of a reference setting: the same model trained
+centrally to convergence). A report whose best ratio is under REGIME_FLOOR says so at its top.
 """
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,10 +40,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from common.experiments import CLAIM_KINDS, ORIGINS
 from common.results import atomic_write_text, git_commit
 
 REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
-CLAIM_KINDS = ("greater", "not_worse", "ratio_at_least", "gap_greater")
+NOT_JUDGED = "shown, not judged (illustrative)"
+NOT_RUN = "not run at this scale"
+REGIME_FLOOR = 0.9
 
 
 def _per_seed(summary: pd.DataFrame, setting: str, metric: str) -> pd.Series:
@@ -68,26 +82,38 @@ def verdict(kind: str, values: pd.Series | np.ndarray, margin: float = 0.0) -> s
     mean = float(values.mean())
     sd = float(values.std(ddof=1)) if values.size > 1 else 0.0
     if kind in ("greater", "gap_greater"):
-        if mean - sd > margin:
-            return REPRODUCED
-        return NOT_REPRODUCED if mean <= margin else INCONCLUSIVE
-    if kind == "not_worse":
-        if mean >= -margin:
-            return REPRODUCED
-        return NOT_REPRODUCED if mean + sd < -margin else INCONCLUSIVE
-    if kind == "ratio_at_least":
-        if mean - sd >= margin:
-            return REPRODUCED
-        return NOT_REPRODUCED if mean + sd < margin else INCONCLUSIVE
-    raise ValueError(f"unknown claim kind {kind!r}; use one of {CLAIM_KINDS}")
+        low, high, bar, strict = mean - sd, mean + sd, margin, True
+    elif kind == "not_worse":
+        low, high, bar, strict = mean - sd, mean + sd, -margin, False
+    elif kind == "ratio_at_least":
+        low, high, bar, strict = mean - sd, mean + sd, margin, False
+    else:
+        raise ValueError(f"unknown claim kind {kind!r}; use one of {CLAIM_KINDS}")
+    if low > bar or (not strict and low == bar):
+        return REPRODUCED
+    return NOT_REPRODUCED if high < bar else INCONCLUSIVE
+
+
+def check_origin(claim: dict) -> str:
+    origin = claim.get("origin")
+    if origin not in ORIGINS:
+        raise ValueError(f"claim {claim.get('id')!r}: origin {origin!r}; give `origin:` one of {', '.join(ORIGINS)}")
+    return origin
 
 
 def evaluate_claims(claims: list[dict], summary: pd.DataFrame) -> list[dict]:
+    """Each claim with its per-seed statistic, mean, std and verdict (`illustrative` claims get no verdict)."""
     out = []
     for claim in claims:
+        origin = check_origin(claim)
         stat = claim_statistic(claim, summary)
         margin = float(claim.get("margin", 0.0))
-        judged = verdict(claim["kind"], stat, margin) if len(stat) else "not run at this scale"
+        if not len(stat):
+            judged = NOT_RUN
+        elif origin == "illustrative":
+            judged = NOT_JUDGED
+        else:
+            judged = verdict(claim["kind"], stat, margin)
         out.append({**claim, "verdict": judged,
                     "mean": float(stat.mean()) if len(stat) else None,
                     "std": float(stat.std(ddof=1)) if len(stat) > 1 else 0.0,
@@ -159,6 +185,27 @@ def load_results(paper: str, results: Path, scale: str):
     return experiments.experiments(paper), records, history_frame(records), summary_frame(records)
 
 
+def regime_table(entries: list[dict], summary: pd.DataFrame) -> pd.DataFrame:
+    """Rows `baseline, setting, ours, reference, reference_source, ratio` (ours and reference are means over
+    seeds; ratio = ours / reference). Each entry of experiments.yaml's `regime`: {baseline, setting, metric,
+    reference (a number) or reference_setting (a setting whose mean is the reference), reference_source}."""
+    def mean_of(setting, metric):
+        values = _per_seed(summary, setting, metric)
+        return float(values.mean()) if len(values) else float("nan")
+
+    rows = []
+    for e in entries:
+        ours = mean_of(e["setting"], e["metric"])
+        ref = float(e["reference"]) if "reference" in e else mean_of(e["reference_setting"], e["metric"])
+        rows.append({"baseline": e["baseline"], "setting": e["setting"], "ours": ours, "reference": ref,
+                     "reference_source": e["reference_source"], "ratio": ours / ref if ref else float("nan")})
+    return pd.DataFrame(rows, columns=["baseline", "setting", "ours", "reference", "reference_source", "ratio"])
+
+
+def _pct(value: float) -> str:
+    return "not run" if pd.isna(value) else f"{100 * value:.2f} %"
+
+
 def _margin(claim: dict) -> str:
     margin = float(claim.get("margin", 0.0))
     if claim["kind"] == "ratio_at_least":
@@ -178,6 +225,7 @@ class Report:
     run_commits: list[str] = field(default_factory=list)
     parts: list[str] = field(default_factory=list)
     claims: list[dict] = field(default_factory=list)
+    regime_best: float | None = None
 
     def __post_init__(self):
         self.out = Path(self.out)
@@ -205,8 +253,9 @@ class Report:
         self.parts.append(f"![{caption}](figures/{name}.png)\n\n*{caption}*\n")
 
     def paper_and_claims(self, spec: dict, summary: pd.DataFrame, caption: str, note: str = "") -> None:
-        """The two sections every paper report opens with: the paper's numbers beside ours (experiments.yaml's
-        `reported`), then the claims with their verdicts."""
+        """The sections every paper report opens with: the regime check (experiments.yaml's `regime`), the
+        paper's numbers beside ours (`reported`), then the claims with their verdicts."""
+        self.regime(spec, summary)
         self.section("The paper's numbers beside ours")
         if note:
             self.text(note)
@@ -214,8 +263,25 @@ class Report:
         self.section("Claims")
         self.add_claims(spec["claims"], summary)
 
+    def regime(self, spec: dict, summary: pd.DataFrame) -> None:
+        """Section "Is this the paper's regime?" and tables/regime.csv (see `regime_table`); remembers the best
+        ratio so that `write()` warns at the top when it is under REGIME_FLOOR."""
+        table = regime_table(spec.get("regime", []), summary)
+        self.regime_best = float(table["ratio"].max()) if len(table) and table["ratio"].notna().any() else None
+        self.section("Is this the paper's regime?")
+        best = "no baseline was measured" if self.regime_best is None else f"best ratio {self.regime_best:.2f}"
+        self.text(f"Each baseline's accuracy at this scale against the reference it should approach (the paper's "
+                  f"verified number, or the same model trained centrally to convergence by this workflow). A claim "
+                  f"about how methods differ near convergence needs the strongest baseline at ratio ≥ "
+                  f"{REGIME_FLOOR:g}: here {best}.")
+        shown = table.assign(ours=table["ours"].map(_pct), reference=table["reference"].map(_pct),
+                             ratio=table["ratio"].map(lambda r: "n/a" if pd.isna(r) else f"{r:.3f}"))
+        atomic_write_text(self.out / "tables" / "regime.csv", table.to_csv(index=False, float_format="%.4f"))
+        self.parts.append(f"**Regime: baselines against their references** (`tables/regime.csv`)\n\n"
+                          f"{markdown_table(shown)}\n")
+
     def add_claims(self, claims: list[dict], summary: pd.DataFrame) -> None:
-        """Evaluate the claims and add their table (the per-seed statistic, its mean ± std, the verdict).
+        """Evaluate the claims and add their table (origin, the per-seed statistic, its mean ± std, the verdict).
 
         A claim's optional `scale` and `unit` only change how its statistic is shown (e.g. 100, " pt")."""
         self.claims = evaluate_claims(claims, summary)
@@ -223,20 +289,22 @@ class Report:
         for c in self.claims:
             stat = {"ratio_at_least": "ratio a/b", "gap_greater": "(a−b)−(c−d)"}.get(
                 c["kind"], "a − b" if "b" in c else "a")
-            value = mean_std(list(c["per_seed"].values()), c.get("scale", 1.0)) if c["n_seeds"] else "n/a"
+            unit = c.get("unit", "x" if c["kind"] == "ratio_at_least" else "")
+            value = mean_std(list(c["per_seed"].values()), c.get("scale", 1.0)) + unit if c["n_seeds"] else "n/a"
             settings = ", ".join(str(c[k]) for k in ("a", "b", "c", "d") if k in c)
-            rows.append({"claim": c["text"], "verdict": f"**{c['verdict']}**", "statistic": f"{stat} of {c['metric']}",
-                         "settings (a, b, …)": settings, "ours": value + (c.get("unit", "x" if c["kind"] == "ratio_at_least" else "") if c["n_seeds"] else ""),
-                         "threshold": f"{c['kind']} {_margin(c)}", "seeds": c["n_seeds"]})
+            rows.append(f"| {c['text']} | {c['origin']} | **{c['verdict']}** | {stat} of {c['metric']} | "
+                        f"{settings} | {value} | {c['kind']} {_margin(c)} | {c['n_seeds']} |")
+        counts = Counter(c["verdict"] for c in self.claims if c["origin"] == "paper")
+        tally = ", ".join(f"{n} {v}" for v, n in counts.most_common()) or "none"
         self.parts.append(
-            "| claim | verdict | statistic | settings (a, b, …) | ours (mean ± std over seeds) | rule | seeds |\n"
-            "|---|---|---|---|---|---|---|\n"
-            + "\n".join(f"| {r['claim']} | {r['verdict']} | {r['statistic']} | {r['settings (a, b, …)']} | "
-                        f"{r['ours']} | {r['threshold']} | {r['seeds']} |" for r in rows)
-            + "\n\nVerdict rules (per-seed paired statistic d, its seed std sd): *greater*: reproduced if "
-            "mean(d) − sd > margin, not reproduced if mean(d) ≤ margin, else inconclusive; *not_worse*: "
-            "reproduced if mean(d) ≥ −margin, not reproduced if mean(d) + sd < −margin; *ratio_at_least*: "
-            "reproduced if mean − sd ≥ margin, not reproduced if mean + sd < margin.\n")
+            f"Paper claims: {tally}. Checks (our controls and ablations) and illustrative rows (true by "
+            "construction or set by an assumed constant: shown, not judged) are not counted.\n\n"
+            "| claim | origin | verdict | statistic | settings (a, b, …) | ours (mean ± std over seeds) | rule | seeds |\n"
+            "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+            + "\n\nVerdict rules, symmetric in the spread (per-seed paired statistic d, its seed std sd, ddof 1): "
+            "*greater*: reproduced if mean(d) − sd > margin, not reproduced if mean(d) + sd < margin, else "
+            "inconclusive; *not_worse*: reproduced if mean(d) − sd ≥ −margin, not reproduced if mean(d) + sd < "
+            "−margin; *ratio_at_least*: reproduced if mean − sd ≥ margin, not reproduced if mean + sd < margin.\n")
 
     def write(self) -> None:
         commit = git_commit()
@@ -248,8 +316,13 @@ class Report:
             f"(or `make reports/{self.paper}`) |\n"
             f"| report commit | `{commit}` |\n| run commits | `{runs}` |\n"
             f"| generated | {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} |\n")
+        if self.regime_best is None or self.regime_best < REGIME_FLOOR:
+            best = "no baseline measured" if self.regime_best is None else f"best ratio {self.regime_best:.2f}"
+            header += (f"\n> [!CAUTION]\n> **Not the paper's regime** ({best} < {REGIME_FLOOR:g}): the strongest "
+                       f"baseline is far from its reference, so the verdicts below do not test the paper's claims "
+                       f"near convergence. See \"Is this the paper's regime?\".\n")
         atomic_write_text(self.out / "README.md", header + "\n" + "\n".join(self.parts))
         atomic_write_text(self.out / "claims.json", json.dumps(
-            [{k: c.get(k) for k in ("id", "text", "kind", "metric", "a", "b", "c", "d", "margin", "verdict",
-                                    "mean", "std", "n_seeds", "per_seed") if k in c} for c in self.claims],
-            indent=1) + "\n")
+            [{k: c.get(k) for k in ("id", "text", "origin", "kind", "metric", "a", "b", "c", "d", "margin",
+                                    "verdict", "mean", "std", "n_seeds", "per_seed") if k in c}
+             for c in self.claims], indent=1) + "\n")

@@ -37,7 +37,7 @@ def random_batch(n: int, batch_size: int, generator: torch.Generator) -> torch.T
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, data: Dataset, batch_size: int = 2000) -> torch.Tensor:
+def predict_logits(model: nn.Module, data: Dataset, batch_size: int = 256) -> torch.Tensor:
     """Logits [N, K] of `model` in eval mode over the whole data set, in batches."""
     was_training = model.training
     model.eval()
@@ -47,7 +47,7 @@ def predict_logits(model: nn.Module, data: Dataset, batch_size: int = 2000) -> t
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Dataset, batch_size: int = 2000) -> dict[str, float]:
+def evaluate(model: nn.Module, data: Dataset, batch_size: int = 256) -> dict[str, float]:
     """Top-1 accuracy and mean cross-entropy on a whole data set."""
     logits = predict_logits(model, data, batch_size)
     return {"acc": (logits.argmax(1) == data.y).float().mean().item(),

@@ -140,3 +140,45 @@ def test_bad_config_values(kw, message):
 def test_unknown_method():
     with pytest.raises(ConfigError, match="unknown FL method 'fedfoo'"):
         get_method("fedfoo")
+
+
+def test_batchnorm_statistics_ignore_the_padding_of_a_partial_batch():
+    """10 samples in batches of 4: the last batch has 2 real samples and 2 padded copies. The running mean of a
+    BatchNorm on the inputs must follow the genuine batches only (issue #10: padding entered the statistics)."""
+    from torch import nn
+
+    from common.fl import local
+
+    cfg = toy_config(n_clients=1, participation=1.0, local_epochs=1, batch_size=4, vectorize=False)
+    fed = toy_federation(cfg, n=30)
+    fed.parts = [torch.arange(10)]
+    model = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(4, momentum=0.1), nn.Linear(4, 3))
+    method = get_method("fedavg")(cfg, fed, model)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    start = stack_states([state])
+    plan = local.make_plan(fed.parts, [0], cfg, 0, 1, 2)
+    assert plan.weight[0, -1].tolist() == [1, 1, 0, 0]
+    _, buffers, _ = local.train_sequential(method, model, {n: start[n] for n in method.param_names},
+                                           {n: start[n] for n in method.buffer_names}, fed.train, plan, 1e-9, {}, {})
+    expected = torch.zeros(4)
+    for s in range(plan.steps):
+        real = plan.idx[0, s][plan.weight[0, s] > 0]
+        expected = 0.9 * expected + 0.1 * fed.train.normalize(fed.train.x[real]).flatten(1).mean(0)
+    assert torch.allclose(buffers["1.running_mean"][0], expected, atol=1e-6)
+
+
+def test_final_round_is_evaluated_on_the_full_test_set():
+    cfg = toy_config(rounds=2)
+    fed = toy_federation(cfg)
+    full = fed.test
+    fed.test, fed.full_test = full.subset(torch.arange(7)), full
+    seen = []
+    method_cls = get_method("fedavg")
+
+    class Probe(method_cls):
+        def evaluate(self, state, round_):
+            seen.append(len(self.fed.test))
+            return super().evaluate(state, round_)
+
+    run_federated(cfg, 0, RunRecord("t", "x", 0, "smoke", {}), method_cls=Probe, fed=fed)
+    assert seen == [7, len(full)]

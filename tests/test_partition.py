@@ -89,3 +89,35 @@ def test_client_test_split_follows_the_label_mix():
         assert set(LABELS[te.numpy()]) <= set(LABELS[p.numpy()])
         assert len(te) == pytest.approx(0.2 * len(p), abs=2)
         assert not set(tr.tolist()) & set(te.tolist()) and len(tr) + len(te) == len(p)
+
+
+def test_shards_on_an_unbalanced_label_set_give_each_client_at_most_s_classes():
+    """Issue #10: cutting sorted labels into equal shards gave clients 3-4 classes at s = 2 on an unbalanced
+    subset; shards cut per class (FedNTD's sharding_partition) keep every client at <= s classes."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(10), rng.integers(40, 160, size=10))  # 40..159 samples per class
+    for seed in range(5):
+        parts = shard_partition(labels, 20, seed, shards_per_client=2)
+        _check_disjoint_cover(parts, len(labels))
+        assert ((class_counts(parts, labels, 10) > 0).sum(1) <= 2).all()
+
+
+def test_shards_need_a_whole_number_of_shards_per_class():
+    with pytest.raises(ConfigError, match="multiple of the 10 classes"):
+        shard_partition(LABELS, 7, 0, shards_per_client=2)
+
+
+def test_capped_dirichlet_keeps_clients_near_n_over_k():
+    """With the cap, a client stops receiving samples once it holds N/n: sizes stay under N/n plus the last
+    class it was given, where the uncapped split lets a few clients take most of the data."""
+    labels = np.repeat(np.arange(10), 500)
+    n = 10
+    capped = [len(p) for p in dirichlet_partition(labels, n, 0, alpha=0.1, cap=True)]
+    uncapped = [len(p) for p in dirichlet_partition(labels, n, 0, alpha=0.1)]
+    assert max(capped) <= len(labels) / n + 500  # at most one class beyond the cap
+    assert max(capped) < max(uncapped)
+    counts = class_counts(dirichlet_partition(labels, n, 1, alpha=0.1, cap=True), labels, 10)
+    over = counts.cumsum(1)[:, :-1] >= len(labels) / n   # a client at the cap after class c ...
+    # ... gets nothing of the later classes, but for the one sample that the reference's truncation of the
+    # cumulative shares (astype(int)) can hand the last client
+    assert (counts[:, 1:][over] <= 1).all() and (counts[:-1, 1:][over[:-1]] == 0).all()

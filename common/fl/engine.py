@@ -56,26 +56,28 @@ class Federation:
     cfg: object
     seed: int
     train: datasets.Dataset
-    test: datasets.Dataset
+    test: datasets.Dataset                            # what `evaluate` reads: the curve subset, then the full set
     parts: list[torch.Tensor]                         # client training indices into `train`
     client_test_parts: list[torch.Tensor] | None      # client test indices into `train` (personalised)
     server_val: datasets.Dataset | None               # labelled split held out before partitioning
+    full_test: datasets.Dataset | None = None         # the whole official test split (final round)
 
     @classmethod
     def build(cls, cfg, seed: int) -> "Federation":
         gen = torch.Generator().manual_seed(seed)
-        train, test = datasets.load(cfg.dataset, "train"), datasets.load(cfg.dataset, "test")
+        train, full_test = datasets.load(cfg.dataset, "train"), datasets.load(cfg.dataset, "test")
         if cfg.train_subset:
             train = train.subset(torch.randperm(len(train), generator=gen)[:cfg.train_subset])
-        if cfg.test_subset:
-            test = test.subset(torch.randperm(len(test), generator=gen)[:cfg.test_subset])
+        test = full_test
+        if cfg.test_subset:  # the per-round curves only: the final round is evaluated on the whole split
+            test = full_test.subset(torch.randperm(len(full_test), generator=gen)[:cfg.test_subset])
         server_val = None
         val_fraction = getattr(cfg, "server_val_fraction", 0.0)
         if val_fraction:
             perm = torch.randperm(len(train), generator=gen)
             n_val = int(len(train) * val_fraction)
             server_val, train = train.subset(perm[:n_val]), train.subset(perm[n_val:].sort().values)
-        params = {"dirichlet": {"alpha": cfg.alpha, "min_size": cfg.min_client_size},
+        params = {"dirichlet": {"alpha": cfg.alpha, "min_size": cfg.min_client_size, "cap": cfg.dirichlet_cap},
                   "shards": {"shards_per_client": cfg.shards_per_client}}.get(cfg.partition, {})
         params.update(getattr(cfg, "partition_params", lambda: {})())
         tag = f"{cfg.dataset}_n{len(train)}"
@@ -83,7 +85,12 @@ class Federation:
         client_test = None
         if cfg.client_test_fraction:
             parts, client_test = split_clients(parts, train.y.numpy(), cfg.client_test_fraction, seed)
-        return cls(cfg, seed, train, test, parts, client_test, server_val)
+        return cls(cfg, seed, train, test, parts, client_test, server_val, full_test)
+
+    def use_full_test(self) -> None:
+        """From now on `evaluate` reads the whole official test split (the final round's metrics)."""
+        if self.full_test is not None:
+            self.test = self.full_test
 
     @property
     def sizes(self) -> torch.Tensor:
@@ -227,6 +234,8 @@ def run_federated(cfg, seed: int, record: RunRecord, method_cls: type[Method] | 
         down_total += down * len(clients)
         up_total += up * len(clients)
         if r % cfg.eval_every == 0 or r == cfg.rounds:
+            if r == cfg.rounds:
+                fed.use_full_test()
             metrics = method.evaluate(state, r)
             record.log(round=r, **metrics, train_loss=update.loss.mean().item(),
                        lr=cfg.lr * cfg.lr_decay ** (r - 1), bytes_down=down_total, bytes_up=up_total,

@@ -5,7 +5,10 @@ Shapes: K sampled clients, S steps (the most any client takes this round), B bat
 `make_plan` draws every client's batches for the round from that client's own generator (seeded by
 run seed, round and client id), so the plan, and therefore the result, does not depend on which path
 runs it or on which other clients were sampled. A client with fewer steps than S is masked out of the
-remaining steps; a partial last batch of an epoch is padded and its padding weighted 0.
+remaining steps; a partial last batch of an epoch is padded and its padding weighted 0 (the padding is
+always the batch's tail). The sequential path cuts the padding off and runs the genuine short batch, as a
+DataLoader does, so BatchNorm's batch statistics and running averages never see a padded copy; the
+vectorised path keeps fixed shapes and is used with BatchNorm only when every batch is whole.
 
 - `train_vectorized`: the K clients as one computation, torch.func.vmap over stacked parameters
   (functional_call + grad), with SGD (momentum, weight decay) written out functionally.
@@ -153,6 +156,8 @@ def train_sequential(method, model: nn.Module, params: dict, buffers: dict, data
         n_steps = int(plan.active[k].sum())
         for s in range(n_steps):
             x, y, w = batch(data, plan, s, k)
+            real = int(plan.weight[k, s].count_nonzero())
+            x, y, w = x[:real], y[:real], w[:real]  # the genuine short batch (padding is the tail)
             opt.zero_grad(set_to_none=True)
             loss, ce = method.loss(p_k, b_k, x, y, w, shared, mine_k)
             check_finite(ce.detach(), f"client {k}, local step {s}")
