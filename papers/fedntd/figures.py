@@ -35,7 +35,7 @@ def split_setting(setting: str) -> tuple[str, str]:
 
 
 def tidy(df: pd.DataFrame) -> pd.DataFrame:
-    """Adds method and partition labels; rows ordered s=2, α=0.1, α=0.5 (seaborn's panel order)."""
+    """Adds method and partition labels; rows in PARTITION_LABELS' order (seaborn's panel order)."""
     parsed = df["setting"].map(split_setting)
     rank = {p: i for i, p in enumerate(PARTITION_LABELS.values())}
     out = df.assign(method=parsed.str[0], partition=parsed.str[1])
@@ -224,7 +224,7 @@ def reading(summary: pd.DataFrame, hist: pd.DataFrame) -> str:
         curve = hist[hist["setting"] == "central_ref"].sort_values("round")["test_acc"].to_numpy() * 100
         tail = curve[-5:]
         lines.append(
-            f"- **Reference.** The centralised 2NN reaches {curve[-1]:.2f} % after {len(curve)} epochs; over its last "
+            f"- **Reference.** The centralised model (`central_ref`) reaches {curve[-1]:.2f} % after {len(curve)} epochs; over its last "
             f"{len(tail)} epochs the accuracy moves within {tail.min():.2f}-{tail.max():.2f} % (a spread of "
             f"{tail.max() - tail.min():.2f} pt), " + ("so its curve is flat at the end: converged for this optimiser."
                                                         if tail.max() - tail.min() < 0.5 else
