@@ -13,6 +13,7 @@ def test_quick_scale_judges_only_its_panels():
     assert quick["claims"] and all(c["a"] in quick_settings and c["b"] in quick_settings for c in quick["claims"])
     assert not any("cifar10" in c["id"] for c in quick["claims"])
     assert any("cifar10" in c["id"] for c in paper["claims"]) and not any("fmnist" in c["id"] for c in paper["claims"])
+    assert len(quick["claims"]) < len(spec["claims"])
     assert {r["reference_setting"] for r in quick["regime"]} == {"ref_mnist_full", "ref_fmnist_full"}
     assert all(c["origin"] == "check" for c in spec["claims"])
 
