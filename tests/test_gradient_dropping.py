@@ -131,12 +131,15 @@ def test_time_to_target_interpolates_and_marks_runs_that_never_get_there():
 
 
 def test_layer_density_reading_names_what_the_figure_shows():
-    dens = pd.DataFrame({"setting": "drop99", "seed": 0, "tensor": ["fc1.weight", "fc2.weight", "fc3.weight"],
-                         "kept": [0.011, 0.004, 0.09]})
+    tensors = ["fc1.weight", "fc2.weight", "fc3.weight"]
+    dens = pd.concat([pd.DataFrame({"setting": "drop99", "seed": 0, "tensor": tensors, "kept": [0.011, 0.004, 0.09]}),
+                      pd.DataFrame({"setting": "drop99_local", "seed": 0, "tensor": tensors, "kept": [0.01, 0.01, 0.1]})])
     claims = [{"id": "local_needed_without_ln", "mean": 0.001, "std": 0.002, "verdict": "inconclusive", "n_seeds": 3}]
     text = layer_density_reading(dens, claims)
     assert "9.00 % of fc3.weight (9.0x" in text and "0.40 % of fc2.weight" in text
     assert "under half the quota: fc2.weight" in text and "+0.10 ± 0.20 pt (inconclusive)" in text
+    assert "between 1.00 % (fc1.weight) and 10.00 % (fc3.weight" in text
+    assert "With LayerNorm" not in text  # no LayerNorm runs, no sentence about them
 
 
 def test_reference_reading_reports_the_last_quarter():
