@@ -141,7 +141,7 @@ def fig_partitions(cfg: dict, seed: int):
     return fig
 
 
-def setup_text(spec: dict, cfg: dict, seeds: list[int], panels: list[str]) -> str:
+def setup_text(spec: dict, cfg: dict, seeds: list[int], panels: list[str], partitions: list[str]) -> str:
     local = "steps" if cfg["local_steps"] else "epochs"
     quick_note = ("" if "cifar10" in panels else
                   "\n**Panels at this scale.** MNIST and Fashion-MNIST. CIFAR-10 is the paper scale's second panel: "
@@ -152,8 +152,8 @@ def setup_text(spec: dict, cfg: dict, seeds: list[int], panels: list[str]) -> st
 {cfg['n_clients']} clients, {int(cfg['participation'] * 100)} % of them per round, {cfg['rounds']} rounds of
 {cfg["local_steps"] or cfg["local_epochs"]} local {local} of SGD (batch {cfg['batch_size']}, lr {cfg['lr']},
 momentum {cfg['momentum']}), model `{cfg['model']}`, {cfg['train_subset'] or 'all the'} training images split over the
-clients, seeds {seeds}. Partitions: IID, and Dirichlet label skew with α = 0.5 and 0.1 (Hsu et al. 2019; the
-uncapped split{' with the cap' if cfg['dirichlet_cap'] else ''}, redrawn until each client holds ≥ {cfg['min_client_size']}
+clients, seeds {seeds}. Partitions: {', '.join(PARTITION_NAMES.get(p, p) for p in partitions)} (α: Dirichlet label
+skew, Hsu et al. 2019; the uncapped split{' with the cap' if cfg['dirichlet_cap'] else ''}, redrawn until each client holds ≥ {cfg['min_client_size']}
 samples). Every method sees the same partition, the same initial model and the same sampled clients for a given
 seed. *central* trains one model on all the training data (per "round", as many SGD steps as the sampled clients
 of a federated round take together: the same budget); *local* (where run) trains each client alone on 80 % of
@@ -224,7 +224,8 @@ def report(results: Path, out: Path, scale: str) -> None:
     panels = _order(set(federated["dataset"]), list(PANELS))
     rep = Report(out, "Federated baselines side by side (the teaching comparison)", PAPER, scale, PAPER_ID,
                  [r.commit for r in records])
-    rep.section("Setup", setup_text(spec, cfg, sorted({r.seed for r in runs}), panels))
+    rep.section("Setup", setup_text(spec, cfg, sorted({r.seed for r in runs}), panels,
+                                        _order(set(federated["partition"]), PARTITION_ORDER)))
     rep.regime(spec, summary)
     rep.text(regime_text(hist, summary))
     if (hist["method"] == REFERENCE).any():
@@ -234,8 +235,8 @@ def report(results: Path, out: Path, scale: str) -> None:
 Every claim is a `check`: the textbook controls (skew costs accuracy, central bounds FedAvg, local-only is worse
 globally, small-μ FedProx ≈ FedAvg), and each paper's method against FedAvg in *this comparison's* setting
 (20 clients, this scale's model and local steps, the same Dirichlet split for every method), which is none of
-those papers' own settings: FedNTD, FedGen, FedDF and FedAvgM (Hsu et al. 2019) are judged on their own
-protocols in their own reports. A paper claim would be counted only in that paper's setting.
+those papers' own settings (FedNTD, FedGen and FedDF are judged on their own protocols in their own reports;
+FedAvgM, Hsu et al. 2019, has no report here). A paper claim would be counted only in that paper's setting.
 """ + (f"{skipped} claims of `experiments.yaml` (the CIFAR-10 panel, and cells this scale does not run) are judged "
          "at the paper scale only." if skipped else ""))
     rep.add_claims(spec.get("claims", []), summary)
