@@ -16,7 +16,7 @@ from papers.feddf.config import FedDFConfig
 PAPER_ID = "feddf"
 METHODS = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedavgm": "FedAvgM", "feddf": "FedDF"}
 ALPHAS = {"a1": 1.0, "a01": 0.1}
-ABLATIONS = {"fedavg_a01": "FedAvg", "feddf_a01": "FedDF (CIFAR-100, val. selection)",
+ABLATIONS = {"fedavg_a01": "FedAvg", "feddf_a01": "FedDF (unlabelled pool, val. selection)",
              "feddf_noise_a01": "FedDF, random-noise distillation data",
              "feddf_fixed_a01": "FedDF, fixed steps, no validation (no labelled data)",
              "feddf_keepstart_a01": "FedDF, the FedAvg start competes on validation (return_best_model_on_val)",
@@ -275,6 +275,8 @@ sampled clients. Rounds-to-target: target {100 * target:.0f} %; a run that never
                  "clients was sampled keeps its server model).")
         rep.table("hetero", table_hetero(summary, archs), "Each architecture's server model: FedAvg within it vs FedDF")
         rep.figure("hetero", fig_hetero(hist, archs), "Heterogeneous clients: test accuracy per architecture")
+    else:
+        rep.text("Not run at this scale (see papers/feddf/README.md).")
     rep.section("Ablations: distillation data, validation-based selection, local epochs")
     abl = table_ablations(summary, rounds, epochs)
     if not abl.empty:
