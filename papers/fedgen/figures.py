@@ -299,7 +299,8 @@ only MNIST is run.
                                                    "Paper protocol: per-user label-restricted test splits, own BN statistics"),
                "Learning curves, paper protocol, mean ± std over seeds")
     rep.figure("curves_standard", fig_curves(hist, "test_acc", "accuracy (%)",
-                                             "Standard protocol: aggregated model on the full MNIST test set"),
+                                             "Standard protocol: aggregated model on the MNIST test set "
+                                             f"({_curve_set(cfg)}; the final round on all 10,000 images)"),
                "Learning curves, standard protocol (FedDistill and FedEnsemble evaluated every 10 rounds)")
     rep.table("protocol_gap", table_protocol_gap(summary), "What the protocol is worth: the same runs, both protocols")
     rep.figure("protocols", fig_protocols(summary), "Both protocols side by side, per method and α")
@@ -329,6 +330,10 @@ only MNIST is run.
                 f"({_gen_overhead(summary)}).")
     rep.section("Reading the results", reading(summary) + READING)
     rep.write()
+
+
+def _curve_set(cfg: dict) -> str:
+    return f"curves on a {cfg['test_subset']:,}-image subset" if cfg["test_subset"] else "curves on all of it"
 
 
 def _gen_overhead(summary: pd.DataFrame) -> str:
