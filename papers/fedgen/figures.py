@@ -388,8 +388,9 @@ READING = """
   its own BatchNorm statistics, and takes the best 5 rounds; the standard protocol asks the one aggregated
   model (with averaged BN statistics) to classify all ten digits at the final round. Label-restricted splits
   favour a model that is good on the labels most users hold; per-user BN statistics are estimated on skewed
-  batches; the top-5 statistic removes the round-to-round oscillation that label skew causes. The last line
-  above gives the net effect at each α, and `tables/protocol_gap.csv` per method.
+  batches; the top-5 statistic removes the round-to-round oscillation that label skew causes. The line
+  "paper protocol minus standard" above gives the net effect at each α, and `tables/protocol_gap.csv` per
+  method.
 - **Speed, not only accuracy.** With lr 0.01 and 20 local steps FedAvg converges slowly (the regime section
   says how far it is from its references at this scale). FedGen's synthetic cross-entropy has weight
   α_t = 10 × 0.98^round on the last layer, so early in training it also acts as a much larger step on the head;
