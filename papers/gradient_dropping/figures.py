@@ -260,14 +260,14 @@ def reference_reading(hist: pd.DataFrame) -> str:
 
 
 def seeds_text(records) -> str:
-    """'[0, 1, 2] (dense, R=90%); [0] (central reference)': the seeds of each group of settings."""
+    """'[0, 1, 2] (dense / R=90%); [0] (central reference)': the seeds of each group of settings."""
     by_setting: dict[str, list[int]] = {}
     for r in records:
         by_setting.setdefault(r.setting, []).append(r.seed)
     groups: dict[tuple, list[str]] = {}
     for setting, seeds in by_setting.items():
         groups.setdefault(tuple(sorted(seeds)), []).append(LABELS[setting])
-    return "; ".join(f"{list(seeds)} ({', '.join(sorted(names))})" for seeds, names in groups.items())
+    return "; ".join(f"{list(seeds)} ({' / '.join(sorted(names))})" for seeds, names in groups.items())
 
 
 def report(results: Path, out: Path, scale: str) -> None:
