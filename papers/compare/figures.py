@@ -102,7 +102,7 @@ def table_final(summary: pd.DataFrame, panel: str) -> pd.DataFrame:
     rows = []
     for method in _order(set(df["method"]), METHOD_ORDER):
         row = {"method": method}
-        for p in PARTITION_ORDER:
+        for p in _order(set(df["partition"]), PARTITION_ORDER):
             cell = df[(df["method"] == method) & (df["partition"] == (p if method != "central" else "iid"))]
             row[f"final acc (%) {p}"] = mean_std(cell["final_test_acc"], 100) if len(cell) else "-"
             rounds = cell["rounds_to_target"].astype(float) if len(cell) else pd.Series(dtype=float)
