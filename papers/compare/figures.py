@@ -118,8 +118,10 @@ def fig_final_bars(summary: pd.DataFrame):
     df = summary[summary["method"] != "central"].assign(acc=100 * summary["final_test_acc"])
     df = df.assign(panel=df["dataset"] + " · " + df["partition"])
     order = [f"{d} · {p}" for d in PANELS for p in PARTITION_ORDER if f"{d} · {p}" in set(df["panel"])]
-    return plots.bars(df, "panel", "acc", hue="method", order=order, ylabel="final test accuracy (%)",
-                      title="What label skew costs each method (full test set; dots: seeds)")
+    fig = plots.bars(df, "panel", "acc", hue="method", order=order, ylabel="final test accuracy (%)",
+                     title="What label skew costs each method (full test set; dots: seeds)")
+    sns.move_legend(fig.axes[0], "upper left", bbox_to_anchor=(1, 1))
+    return fig
 
 
 def fig_partitions(cfg: dict, seed: int):
