@@ -1,6 +1,8 @@
-# One workflow for every paper: `snakemake reports/<paper>` runs that paper's experiments at the configured
-# scale (`--config scale=smoke|quick|paper`, quick by default) and writes reports/<paper>/.
+# One workflow for every paper: `snakemake reports/<paper>` reruns that paper's quick-scale experiments (what is
+# missing or changed), rebuilds its report, says whether every number equals the committed one, and publishes it.
+# Other scales: `snakemake reports/<scale>/<paper> --config scale=smoke|paper` (never touches reports/<paper>).
 import os
+
 
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
@@ -10,5 +12,6 @@ include: "workflow/rules/papers.smk"
 
 
 rule all:
+    default_target: True
     input:
-        expand("reports/{paper}", paper=PAPERS),
+        expand(wf.report_dir("{paper}", SCALE), paper=PAPERS),
