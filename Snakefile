@@ -2,9 +2,13 @@
 # missing or changed), rebuilds its report, says whether every number equals the committed one, and publishes it.
 # Other scales: `snakemake reports/<scale>/<paper> --config scale=smoke|paper` (never touches reports/<paper>).
 import os
+import sys
+
+sys.path.insert(0, workflow.basedir)
+from common import workflow as wf  # noqa: E402
 
 
-configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+configfile: wf.config_file(os.path.join(workflow.basedir, "config", "config.yaml"))
 
 
 include: "workflow/rules/common.smk"

@@ -335,5 +335,10 @@ class Report:
             [{k: c.get(k) for k in ("id", "text", "origin", "kind", "metric", "a", "b", "c", "d", "margin",
                                     "verdict", "mean", "std", "n_seeds", "per_seed") if k in c}
              for c in self.claims], indent=1) + "\n")
-        # Snakemake's HTML report shows each figure and table with its own caption (workflow/report/figure.rst)
+        # Snakemake's HTML report shows each figure and table with its own caption (workflow/report/figure.rst),
+        # the claims among the tables
+        claims = pd.DataFrame([{k: c.get(k) for k in ("id", "text", "origin", "verdict", "mean", "std", "margin",
+                                                       "n_seeds")} for c in self.claims])
+        atomic_write_text(self.out / "tables" / "claims.csv", claims.to_csv(index=False, float_format="%.6g"))
+        self.captions["claims"] = "Every claim with its origin and verdict (mean and std of its per-seed statistic)"
         atomic_write_text(self.out / "captions.json", json.dumps(self.captions, indent=1) + "\n")

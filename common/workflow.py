@@ -36,6 +36,16 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def config_file(path: str) -> str:
+    """The workflow's config file, checked to be YAML first (Snakemake's own message would not say where)."""
+    try:
+        yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        fail(f"{path} is not valid YAML{f' at line {mark.line + 1}' if mark else ''}: fix the workflow config file")
+    return path
+
+
 def check_config(config: dict, schema_path: str) -> None:
     """The workflow config against its JSON schema, with the offending key named (before Snakemake's own
     validate, which fills the defaults)."""

@@ -5,9 +5,6 @@ import sys
 
 from snakemake.utils import validate
 
-sys.path.insert(0, workflow.basedir)
-from common import workflow as wf  # noqa: E402
-
 if "seeds" in config:
     config["seeds"] = wf.parse_seeds(config["seeds"])
 wf.check_config(config, os.path.join(workflow.basedir, "workflow", "schemas", "config.schema.yaml"))

@@ -21,6 +21,8 @@ rule run:
         settings=lambda wc: wf.run_settings(wc.paper, SCALE, wc.setting),
         code=lambda wc: wf.run_code(wc.paper),
     threads: config["threads_per_run"]
+    resources:
+        gpu=1 if SCALE == "paper" else 0,  # the paper scale is for a GPU (SLURM: --gpus=1)
     conda:
         "../envs/replications.yaml"
     shell:
@@ -63,6 +65,8 @@ rule publish:
     params:
         captions=lambda wc: wf.captions(f"results/{SCALE}/{wc.paper}/report"),
     localrule: True
+    conda:
+        "../envs/replications.yaml"
     shell:
         "(rm -rf {output}.tmp && cp -r {input} {output}.tmp && rm -rf {output} && mv {output}.tmp {output}"
         " && echo published {output}) 2>&1 | tee {log}"
@@ -79,5 +83,7 @@ rule index:
     params:
         py=sys.executable,
     localrule: True
+    conda:
+        "../envs/replications.yaml"
     shell:
         "{params.py} -m common.index 2>&1 | tee {log}"
