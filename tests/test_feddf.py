@@ -14,11 +14,11 @@ from common.fl.aggregation import stack_states, weighted_average
 from common.partition import PARTITIONS, class_counts
 from common.results import RunRecord
 from papers.feddf.config import FedDFConfig
-from papers.feddf.method import (DistillationData, FedDF, HeteroFedAvg, HeteroFedDF, distill, distillation_loss,
-                                 ensemble_logits, fit_images)
+from papers.feddf.method import (NOISE_BATCH_SIZE, DistillationData, FedDF, HeteroFedAvg, HeteroFedDF, distill,
+                                 distillation_loss, ensemble_logits, fit_images, noise_to_unit_range)
 from papers.feddf.partition import feddf_dirichlet_partition
 from papers.feddf.run import capped_rounds_to_target
-from tests.conftest import needs_cifar
+from tests.conftest import has_data
 from tests.test_workflow import check_report, run_workflow
 
 
@@ -61,14 +61,20 @@ def test_distillation_moves_the_student_toward_the_averaged_teacher():
     assert logs["s"].steps == 150 and logs["s"].last_loss < logs["s"].first_loss
 
 
-def test_keep_start_returns_the_undistilled_student_when_validation_prefers_it():
+def test_keep_start_returns_the_undistilled_student_only_when_it_scores_strictly_higher():
     teachers = [linear(torch.eye(3))]
     student = linear(torch.zeros(3, 3))
-    scores = iter([0.9, 0.5, 0.4, 0.3])   # the start (step 0) scores best
+    scores = iter([0.9, 0.5, 0.4, 0.3])   # the start, then steps 2, 4, 6: the start scores best
     logs = distill({"s": student}, teachers, iter(lambda: torch.randn(8, 3), None), steps=100, lr=0.01,
                    val_every=2, patience=4, validate=lambda model: next(scores), keep_start=True)
     assert torch.equal(student.weight, torch.zeros(3, 3))
-    assert logs["s"].best_step == 0 and logs["s"].best_val_acc == 0.9 and logs["s"].steps == 4
+    # the start is not in the early-stopping tracker: patience counts from the best distilled student (step 2)
+    assert logs["s"].best_step == 0 and logs["s"].best_val_acc == 0.9 and logs["s"].steps == 6
+    student = linear(torch.zeros(3, 3))
+    scores = iter([0.5, 0.5, 0.4, 0.3])   # a tie: the distilled student of step 2 is kept (official `>`)
+    logs = distill({"s": student}, teachers, iter(lambda: torch.randn(8, 3), None), steps=100, lr=0.01,
+                   val_every=2, patience=4, validate=lambda model: next(scores), keep_start=True)
+    assert logs["s"].best_step == 2 and not torch.equal(student.weight, torch.zeros(3, 3))
     with pytest.raises(ConfigError, match="feddf_keep_start"):
         FedDFConfig(feddf_keep_start=True, feddf_select_on_val=False)
 
@@ -133,10 +139,27 @@ def test_distillation_images_are_fitted_and_noise_is_fresh():
     grey = torch.randint(0, 255, (2, 1, 28, 28), dtype=torch.uint8)
     fitted = fit_images(grey, (3, 32, 32))
     assert fitted.shape == (2, 3, 32, 32) and torch.equal(fitted[:, 0, 2:30, 2:30], grey[:, 0])
-    noise = DistillationData(None, lambda x: x.float() / 255, (3, 4, 4), noise=True)
+    noise = DistillationData(None, noise_to_unit_range, (3, 4, 4), noise=True)
     it = noise.batches(8, torch.Generator().manual_seed(0))
-    a, b = next(it), next(it)
-    assert a.shape == (8, 3, 4, 4) and a.min() == 0 and a.max() == 1 and not torch.equal(a, b)
+    a, b = next(it), next(it)   # official random_data: batch 128, min-max scaled, mapped to [-1, 1]
+    assert a.shape == (NOISE_BATCH_SIZE, 3, 4, 4) and a.min() == -1 and a.max() == 1 and not torch.equal(a, b)
+
+
+def test_an_epoch_over_the_pool_keeps_its_short_last_batch():
+    images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1)
+    it = DistillationData(images, lambda x: x.float(), (1, 1, 1), "none").batches(4, torch.Generator().manual_seed(0))
+    epoch = [next(it) for _ in range(3)]
+    assert [len(b) for b in epoch] == [4, 4, 2]   # never padded: BatchNorm sees genuine images only
+    assert sorted(torch.cat(epoch).view(-1).tolist()) == list(range(10))
+
+
+@pytest.mark.skipif(not has_data("mnist", "fashion_mnist"), reason="MNIST / Fashion-MNIST not under the data root")
+def test_the_pool_is_normalised_with_its_own_mean_and_std():
+    from common import data as datasets
+    task = datasets.load("mnist", "test")
+    pool = DistillationData.for_config(FedDFConfig(feddf_source="fashion_mnist", feddf_source_size=8), task, 0)
+    zero = pool.normalize(torch.zeros(1, 1, 1, 1, dtype=torch.uint8)).item()
+    assert zero == pytest.approx(-0.2860 / 0.3530, abs=1e-4) and len(pool) == 8
 
 
 # ---------------------------------------------------------------------------------------- averaging
@@ -219,11 +242,11 @@ def run_toy(method_cls, cfg, monkeypatch):
 def test_clients_are_grouped_by_architecture_and_averaged_within_it(monkeypatch):
     cfg = toy_cfg(method="fedavg_hetero", model="linear", feddf_archs=("linear", "mlp"))
     method, _ = run_toy(HeteroFedAvg, cfg, monkeypatch)
-    assert method.arch_of == ["linear", "mlp", "linear", "mlp"]
+    assert method.arch_of == ["linear", "linear", "mlp", "mlp"]   # contiguous blocks (num_clients_per_model)
     assert set(method.states) == {"linear", "mlp"}
     assert set(method.states["linear"]) != set(method.states["mlp"])   # two architectures, each its own server model
-    # the linear server model is exactly the uniform average of its own clients (0 and 2) in the last round
-    update = method.members["linear"].client_update(method.states["linear"], [0, 2], 99)
+    # the linear server model is exactly the uniform average of its own clients (0 and 1) in the last round
+    update = method.members["linear"].client_update(method.states["linear"], [0, 1], 99)
     avg = method.members["linear"].aggregate(method.states["linear"], update)
     for n, v in avg.items():
         assert torch.allclose(v, (update.params[n][0] + update.params[n][1]) / 2)
@@ -236,6 +259,12 @@ def test_hetero_feddf_distils_every_architecture_from_all_clients(monkeypatch):
     last = record.history[-1]
     assert {"test_acc_linear", "test_acc_mlp", "distill_steps"} <= set(last)
     assert last["test_acc"] == pytest.approx((last["test_acc_linear"] + last["test_acc_mlp"]) / 2)
+
+
+def test_hetero_feddf_distils_only_the_architectures_received_this_round(monkeypatch):
+    cfg = toy_cfg(method="feddf_hetero", model="linear", feddf_archs=("linear", "mlp"), participation=0.25, rounds=3)
+    method, _ = run_toy(HeteroFedDF, cfg, monkeypatch)
+    assert len(method.distill_logs) == 1 and set(method.distill_logs) == set(method.averaged)
 
 
 def test_feddf_round_logs_the_average_and_the_ensemble(monkeypatch):
@@ -264,7 +293,7 @@ def test_paired_rounds_compares_the_same_seed_and_round_from_a_given_round_on():
 # --------------------------------------------------------------------------------------- the workflow
 
 @pytest.mark.workflow
-@needs_cifar
+@pytest.mark.skipif(not has_data("mnist", "fashion_mnist"), reason="MNIST / Fashion-MNIST not under the data root")
 def test_feddf_workflow(tmp_path):
     run_workflow("feddf", tmp_path)
     out = tmp_path / "reports" / "feddf"

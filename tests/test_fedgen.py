@@ -1,5 +1,7 @@
 """FedGen: the generator's losses, the label-count weighting, where the regulariser's gradients go, the
-official data split and test splits, every Table-1 method for one round, and a smoke run of the workflow."""
+official data split and test splits, every Table-1 method for one round, the official loader kept across
+rounds, FedProx's weight decay, the test sets each protocol reads, the central reference, and a smoke run of
+the workflow."""
 import json
 import math
 
@@ -15,9 +17,9 @@ from common.fl.engine import Federation
 from common.models import build_model
 from common.results import RunRecord
 from papers.fedgen.config import FedGenConfig
-from papers.fedgen.method import (METHOD_CLASSES, ConditionalGenerator, FedGen, diversity_loss,
-                                  fedgen_dirichlet_partition, label_weights, qualified_labels, regulariser_weight,
-                                  teacher_loss, user_test_splits)
+from papers.fedgen.method import (METHOD_CLASSES, Central, ConditionalGenerator, FedGen, FedProxOfficial,
+                                  diversity_loss, fedgen_dirichlet_partition, label_weights, loader_batches,
+                                  qualified_labels, regulariser_weight, teacher_loss, user_test_splits)
 from tests.conftest import needs_mnist
 from tests.test_workflow import check_report, run_workflow
 
@@ -252,3 +254,76 @@ def test_fedgen_workflow(tmp_path):
     assert "paper_top5_acc" in record["summary"] and record["summary"]["latent_pca"]["generated"]
     text = (out / "README.md").read_text()
     assert "90.71" in text and "[issue#7]" in text                         # the paper's number, with provenance
+
+
+# ------------------------------------------------------------------ the official loader, FedProx, evaluation, reference
+def test_loader_batches_continue_the_epoch_across_rounds():
+    n, B = 100, 32                                                        # 3 whole batches an epoch, 4 dropped
+    whole = loader_batches(n, B, 0, 7, seed=1, user=2)
+    assert whole.shape == (7, B)
+    split = torch.cat([loader_batches(n, B, 0, 2, 1, 2), loader_batches(n, B, 2, 5, 1, 2)])
+    assert torch.equal(split, whole)                                      # round 2 picks up where round 1 stopped
+    for e in range(2):
+        assert len(set(whole[3 * e:3 * e + 3].flatten().tolist())) == 96  # an epoch: 96 distinct samples
+    assert set(whole[:3].flatten().tolist()) != set(whole[3:6].flatten().tolist())   # a fresh shuffle per epoch
+    assert not torch.equal(whole, loader_batches(n, B, 0, 7, seed=1, user=3))          # each user its own stream
+    small = loader_batches(10, B, 0, 2, 1, 2)                             # fewer samples than a batch
+    assert small.shape == (2, B) and sorted(small[0, :10].tolist()) == list(range(10))
+
+
+def test_users_continue_their_loader_across_rounds():
+    cfg = tiny_config(method="fedavg", batch_size=8)
+    fed = tiny_federation(cfg)
+    model = build_model(cfg.model, fed.train.shape, 10)
+    method = METHOD_CLASSES["fedavg"](cfg, fed, model)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    method.client_update(state, [1, 3], 1)
+    method.client_update(state, [3, 5], 2)
+    S = cfg.local_steps
+    assert method.batches_drawn[:6] == [0, S, 0, 2 * S, 0, S]
+    second = fed.parts[3][loader_batches(len(fed.parts[3]), 8, S, S, fed.seed, 3)]
+    assert torch.equal(method.plan.idx[0], second)                        # user 3's batches S .. 2S-1
+    assert torch.equal(method.round_samples(0), second.flatten())
+
+
+def test_fedprox_adds_the_official_weight_decay():
+    """FedProxOptimizer: w -= lr (grad + lamda (w - w_global) + mu w); the penalty's gradient is the last two terms."""
+    cfg = tiny_config(method="fedprox", prox_mu=0.5, prox_decay=1e-3)
+    fed = tiny_federation(cfg)
+    model = build_model(cfg.model, fed.train.shape, 10)
+    method = FedProxOfficial(cfg, fed, model)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    shared, _ = method.round_context(state, [0], 1)
+    params = {n: state[n] + 0.1 for n in method.param_names}
+    g = grad(lambda p: method.local_penalty(p, None, None, None, None, shared, {}))(params)
+    for n in method.param_names:
+        assert torch.allclose(g[n], 0.5 * 0.1 + 1e-3 * params[n], atol=1e-6), n
+
+
+def test_curves_read_the_subset_and_the_final_round_the_full_test_set():
+    cfg = tiny_config(method="fedavg")
+    full = tiny_federation(cfg)
+    fed = Federation(cfg, 0, full.train, full.test.subset(torch.arange(50)), full.parts, None, None, full.test)
+    model = build_model(cfg.model, fed.train.shape, 10)
+    method = METHOD_CLASSES["fedavg"](cfg, fed, model)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    expected = user_test_splits(fed.parts, fed.train.y, full.test.y, 10)   # user splits: cut from the full test set
+    assert all(torch.equal(a, b) for a, b in zip(method.user_tests, expected))
+    assert sum(map(len, expected)) > sum(map(len, user_test_splits(fed.parts, fed.train.y, fed.test.y, 10)))
+    method.evaluate(state, 1)
+    assert len(method.test_data()[1]) == 50                               # a round's curve point: the subset
+    fed.use_full_test()                                                   # what the engine does at the last round
+    method.evaluate(state, 2)
+    assert len(method.test_data()[1]) == 200
+
+
+def test_central_reference_trains_one_user_on_everything():
+    cfg = tiny_config(method="central", partition="iid")
+    fed = tiny_federation(cfg)
+    n_all = sum(len(p) for p in fed.parts)
+    model = build_model(cfg.model, fed.train.shape, 10)
+    method = Central(cfg, fed, model)
+    assert len(fed.parts[0]) == n_all and all(len(p) == 0 for p in fed.parts[1:])
+    assert method.cfg.local_steps == cfg.local_steps * cfg.clients_per_round   # a round: all its users' steps
+    method.client_buffers[0] = {n: torch.full_like(b, 7.0) for n, b in model.named_buffers()}
+    assert method.buffers_of(5) is method.client_buffers[0]              # every split read with its statistics

@@ -2,6 +2,7 @@
 a smoke run of the workflow."""
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from papers.fedntd.method import (
     not_true_distillation_loss,
     not_true_index,
     not_true_logits,
+    official_out_of_local,
     per_class_accuracy,
 )
 from tests.conftest import needs_mnist
@@ -129,6 +131,21 @@ def test_per_class_accuracy():
     assert acc[:3].tolist() == [1.0, 1.0, 0.5] and torch.isnan(torch.tensor(acc[3]))
 
 
+def test_official_out_of_local_weights_classes_by_one_minus_share():
+    """measures.py: sum_c acc_c (1 - p_c) / (C - 1); a class the client lacks weighs 1/(C - 1), one it holds
+    entirely 0, and the weights sum to 1."""
+    counts = np.array([[2, 2, 0], [0, 0, 5]])
+    acc = np.array([[1.0, 0.0, 0.5], [0.2, 0.6, 1.0]])
+    got = official_out_of_local(acc, counts)
+    assert np.allclose(got, [0.25 * 1.0 + 0.25 * 0.0 + 0.5 * 0.5, 0.5 * 0.2 + 0.5 * 0.6 + 0.0])
+    assert np.allclose(official_out_of_local(np.ones((2, 3)), counts), 1.0)
+
+
+def test_mlp2nn_is_mcmahans_2nn():
+    model = build_model("mlp2nn", (1, 28, 28), 10)
+    assert sum(p.numel() for p in model.parameters()) == 784 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10
+
+
 @pytest.mark.parametrize("kw, message", [({"ntd_tau": 0.0}, "ntd_tau"), ({"ntd_beta": -1.0}, "ntd_beta"),
                                          ({"lsd_tau": -2.0}, "lsd_tau"), ({"forget_every": -1}, "forget_every"),
                                          ({"forget_every": 3, "eval_every": 2}, "multiple of eval_every")])
@@ -149,10 +166,10 @@ def test_defaults_are_the_released_config():
 def test_fedntd_workflow(tmp_path):
     run_workflow("fedntd", tmp_path)
     out = tmp_path / "reports" / "fedntd"
-    check_report(out, ["learning_curves", "forgetting", "class_accuracy", "partition_s2"])
+    check_report(out, ["learning_curves", "forgetting", "forgetting_ours", "class_accuracy", "partition_s2"])
     record = json.loads((tmp_path / "results/smoke/fedntd/fedntd_s2/seed0.json").read_text())
     assert record["config"]["method"] == "fedntd" and record["history"]
-    assert {"out_before", "out_after", "final_test_acc"} <= set(record["summary"])
+    assert {"out_before", "out_after", "official_out_after", "final_test_acc"} <= set(record["summary"])
     claims = {c["id"]: c for c in json.loads((out / "claims.json").read_text())}
     assert claims["ntd_forgets_less"]["n_seeds"] == 1 and claims["ntd_beats_avg_a01"]["n_seeds"] == 0
 

@@ -8,7 +8,10 @@ from common.experiments import check
 from common.fl.config import FLConfig
 from common.models import MODELS
 
-DISTILLATION_SOURCES = ("cifar100", "noise", "mnist_m")
+# unlabelled pools: source name -> (data set, split) of common.data; "noise" is generated (random_data)
+DISTILLATION_POOLS = {"cifar100": ("cifar100", "train_subset"), "fashion_mnist": ("fashion_mnist", "train"),
+                      "mnist": ("mnist", "train"), "mnist_m": ("mnist_m", "test")}
+DISTILLATION_SOURCES = (*DISTILLATION_POOLS, "noise")
 
 
 @dataclass(frozen=True)
@@ -30,9 +33,10 @@ class FedDFConfig(FLConfig):
     eval_batch_size: int = 1000
     server_val_fraction: float = 0.1    # labelled server split held out before partitioning (--val_data_ratio)
     # FedDF server-side ensemble distillation (pcode/aggregation/noise_knowledge_transfer.py)
-    feddf_source: str = "cifar100"      # unlabelled distillation data: cifar100 | noise | mnist_m
+    feddf_source: str = "cifar100"      # unlabelled distillation data: a DISTILLATION_POOLS name or noise
     feddf_source_size: int = 0          # images of the source used (0 = all there are: 10k CIFAR-100 here)
-    feddf_steps: int = 10_000           # max distillation steps per round (= cosine T_max)
+    feddf_steps: int = 10_000           # most distillation steps per round (total_n_server_pseudo_batches)
+    feddf_cosine_steps: int = 10_000    # T_max of the cosine schedule (official: total_n_server_pseudo_batches)
     feddf_batch_size: int = 64
     feddf_lr: float = 1e-3              # Adam, re-created every round
     feddf_temperature: float = 1.0      # T of the KL; no T^2 factor (official)
@@ -41,7 +45,7 @@ class FedDFConfig(FLConfig):
     feddf_patience: int = 1_000         # ... and stop after this many steps without improvement
     feddf_select_on_val: bool = True    # False: run feddf_steps and keep the last student (no labelled data)
     feddf_keep_start: bool = False      # True: the FedAvg start competes on validation (return_best_model_on_val)
-    feddf_archs: tuple[str, ...] = ()   # heterogeneous clients: client c trains feddf_archs[c % len]
+    feddf_archs: tuple[str, ...] = ()   # heterogeneous clients: contiguous blocks of clients per architecture
     target_acc: float = 0.75            # rounds-to-target (Table 1): 75 % at alpha = 0.1 [issue#11]
 
     def __post_init__(self):
@@ -52,6 +56,7 @@ class FedDFConfig(FLConfig):
               f"feddf_source must be one of {', '.join(DISTILLATION_SOURCES)}, got {self.feddf_source!r}")
         check(self.feddf_source_size >= 0, f"feddf_source_size must be >= 0 (0 = all), got {self.feddf_source_size}")
         check(self.feddf_steps >= 1, f"feddf_steps must be >= 1, got {self.feddf_steps}")
+        check(self.feddf_cosine_steps >= 1, f"feddf_cosine_steps must be >= 1, got {self.feddf_cosine_steps}")
         check(self.feddf_batch_size >= 1, f"feddf_batch_size must be >= 1, got {self.feddf_batch_size}")
         check(self.feddf_lr > 0, f"feddf_lr must be > 0, got {self.feddf_lr}")
         check(self.feddf_temperature > 0, f"feddf_temperature must be > 0, got {self.feddf_temperature}")

@@ -8,15 +8,17 @@ Per round, following the official `pcode/aggregation/noise_knowledge_transfer.py
    architecture; it initialises the student (`use_fedavg_as_start`).
 2. Teachers: the K received models, frozen, in eval mode. For an unlabelled batch x, the ensemble's
    logits are their uniform average (`update_student_scheme=avg_logits`): z̄ = (1/K) Σ_k f(x; x_k)   [B, C].
-3. The student, in train mode (its BatchNorm statistics are re-estimated on the distillation data),
-   takes Adam steps (lr 1e-3, re-created every round, cosine-annealed over the maximum number of steps,
-   gradient norm clipped at 5) on  KL(σ(z̄/T) ‖ σ(z_s/T))  =  F.kl_div(log σ(z_s/T), σ(z̄/T), "batchmean"),
-   T = 1, without a T² factor.
-4. Every `feddf_val_every` steps the student is scored on the server's labelled validation split; the
-   best one is kept, and distillation stops after `feddf_patience` steps without improvement.
+3. The student, in train mode (its BatchNorm statistics are re-estimated on the distillation data, on
+   genuine batches: the last, shorter batch of an epoch over the pool is kept, never padded), takes Adam
+   steps (lr 1e-3, re-created every round, cosine-annealed with T_max = `feddf_cosine_steps` = 10,000, the
+   official total_n_server_pseudo_batches, gradient norm clipped at 5) on
+   KL(σ(z̄/T) ‖ σ(z_s/T))  =  F.kl_div(log σ(z_s/T), σ(z̄/T), "batchmean"), T = 1, without a T² factor.
+4. Every `feddf_val_every` steps the student is scored on the server's labelled validation split (with the
+   training transform, as the official split is cut from the training set); the best one is kept, and
+   distillation stops after `feddf_patience` steps without improvement, or after `feddf_steps` steps.
    With `feddf_select_on_val: false` it runs `feddf_steps` steps and keeps the last student. With
    `feddf_keep_start: true` (official `return_best_model_on_val`, off by default) the FedAvg start is scored
-   first and competes with the distilled students.
+   before distillation and replaces the best distilled student only if it scores strictly higher.
 """
 from __future__ import annotations
 
@@ -35,8 +37,8 @@ from common.experiments import ConfigError
 from common.fl.aggregation import state_bytes, unstack
 from common.fl.engine import ClientUpdate, Method, register_method
 from common.models import build_model
-from common.train import check_finite, predict_logits
-from papers.feddf.config import FedDFConfig
+from common.train import check_finite
+from papers.feddf.config import DISTILLATION_POOLS, FedDFConfig
 
 
 # ---------------------------------------------------------------------------------------------- the loss
@@ -71,9 +73,13 @@ def ensemble_logits(teachers: list[nn.Module], x: torch.Tensor, weights: torch.T
 
 # ------------------------------------------------------------------------------------ distillation data
 
+NOISE_BATCH_SIZE = 128   # NoiseKTSolver's default batch_size: the random_data scheme's batch
+
+
 class DistillationData:
-    """Unlabelled images for the server: a pool of uint8 images [N, C, H, W] (CIFAR-100, MNIST-M) or random
-    noise, normalised like the clients' task data and augmented like it (flip + crop)."""
+    """Unlabelled images for the server: a pool of uint8 images [N, C, H, W] (CIFAR-100, Fashion-MNIST, ...)
+    normalised with the pool's own mean/std (official `prepare_data.py`) and augmented like the clients'
+    data, or random noise."""
 
     def __init__(self, images: torch.Tensor | None, normalize: Callable, shape: tuple[int, int, int],
                  augmentation: str = "flip_crop", noise: bool = False):
@@ -93,31 +99,45 @@ class DistillationData:
         """The source named by cfg.feddf_source, fitted to the task's image shape [C, H, W]."""
         shape = task.shape
         if cfg.feddf_source == "noise":
-            return cls(None, task.normalize, shape, "none", noise=True)
-        source = {"cifar100": ("cifar100", "train_subset"), "mnist_m": ("mnist_m", "test")}[cfg.feddf_source]
-        images = fit_images(datasets.load(*source).x, shape)
+            return cls(None, noise_to_unit_range, shape, "none", noise=True)
+        pool = datasets.load(*DISTILLATION_POOLS[cfg.feddf_source])
+        images = fit_images(pool.x, shape)
         if cfg.feddf_source_size:
             if cfg.feddf_source_size > len(images):
                 raise ConfigError(f"feddf_source_size {cfg.feddf_source_size} exceeds the {len(images)} images of "
                                   f"{cfg.feddf_source}")
             pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed + 17))
             images = images[pick[:cfg.feddf_source_size]]
-        return cls(images, task.normalize, shape, cfg.augment)
+        return cls(images, own_normalization(pool, shape[0]), shape, cfg.augment)
 
     def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-        """Endless normalised batches [B, C, H, W]: shuffled epochs over the pool, or fresh noise images
-        (official `_create_data_randomly`: Gaussian noise min-max scaled to the pixel range per batch)."""
+        """Endless normalised batches [B, C, H, W]: shuffled epochs over the pool, each ending with its
+        shorter last batch (a DataLoader without drop_last), or fresh noise images of NOISE_BATCH_SIZE
+        (official `_create_data_randomly`: Gaussian noise min-max scaled per batch, then mapped to [-1, 1])."""
         while True:
             if self.noise:
-                z = torch.randn(batch_size, *self.shape, generator=generator)
-                z = (z - z.min()) / (z.max() - z.min())
-                yield self.normalize((z * 255).round().to(torch.uint8))
+                yield self.normalize(torch.randn(NOISE_BATCH_SIZE, *self.shape, generator=generator))
                 continue
             order = torch.randperm(len(self.images), generator=generator)
-            for i in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+            for i in range(0, len(order), batch_size):
                 idx = order[i:i + batch_size]
                 params = augment.draw(self.augmentation, (len(idx),), self.shape[-1], generator)
                 yield augment.apply(self.images[idx], self.normalize, params)
+
+
+def own_normalization(pool: datasets.Dataset, channels: int) -> Callable:
+    """The pool's own mean/std (official `prepare_data.py`: CIFAR-100's for CIFAR-100 images); when the pool
+    was converted to another channel count (grey <-> RGB, `fit_images`), its channel-averaged mean/std."""
+    mean, std = pool.mean, pool.std
+    if len(mean) != channels:
+        mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
+    mean, std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    return lambda xb: (xb.float().div(255.0) - mean) / std
+
+
+def noise_to_unit_range(z: torch.Tensor) -> torch.Tensor:
+    """Gaussian noise [B, C, H, W] min-max scaled to [0, 1] over the batch, then to [-1, 1] (`pn_normalize`)."""
+    return ((z - z.min()) / (z.max() - z.min()) - 0.5) * 2
 
 
 def fit_images(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -148,22 +168,25 @@ class DistillLog:
 
 
 def distill(students: dict[str, nn.Module], teachers: list[nn.Module], batches: Iterator[torch.Tensor], *,
-            steps: int, lr: float = 1e-3, temperature: float = 1.0, clip: float = 5.0, val_every: int = 100,
-            patience: int = 1000, validate: Callable[[nn.Module], float] | None = None,
-            keep_start: bool = False) -> dict[str, DistillLog]:
-    """Distil the ensemble of `teachers` into every student (one optimiser each) on shared batches.
+            steps: int, cosine_steps: int | None = None, lr: float = 1e-3, temperature: float = 1.0,
+            clip: float = 5.0, val_every: int = 100, patience: int = 1000,
+            validate: Callable[[nn.Module], float] | None = None, keep_start: bool = False) -> dict[str, DistillLog]:
+    """Distil the ensemble of `teachers` into every student (one optimiser each) on shared batches, as the
+    official `NoiseKTSolver.distillation`.
 
-    Each student: Adam(lr), CosineAnnealingLR(T_max=steps), grad-norm clip; in train mode. With `validate`
-    (model -> accuracy on the labelled server split) it is scored every `val_every` steps and after its last
-    step, keeps its best-scoring weights and stops after `patience` steps without improvement; without, it
-    runs `steps` steps and is returned as it ends. With `keep_start` the undistilled student is scored first
-    (step 0) and kept if no distilled one beats it. Students are modified in place."""
+    Each student: Adam(lr), CosineAnnealingLR(T_max=cosine_steps, default `steps`), grad-norm clip; in train
+    mode. With `validate` (model -> accuracy on the labelled server split) it is scored every `val_every`
+    steps, keeps its best-scoring weights (a later student must score strictly higher) and stops after
+    `patience` steps without improvement or after `steps` steps; without, it runs `steps` steps and is
+    returned as it ends. With `keep_start` the undistilled student is scored before distillation and, after
+    it, replaces the best distilled student only if it scores strictly higher (the distilled one wins ties).
+    Students are modified in place."""
     if not students:
         raise ValueError("distill needs at least one student")
     if not temperature > 0:
         raise ValueError(f"distillation temperature must be > 0, got {temperature}")
     opts = {n: torch.optim.Adam(s.parameters(), lr=lr) for n, s in students.items()}
-    scheds = {n: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=steps) for n, o in opts.items()}
+    scheds = {n: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=cosine_steps or steps) for n, o in opts.items()}
     logs = {n: DistillLog() for n in students}
     best = {n: None for n in students}
     active = set(students)
@@ -177,9 +200,9 @@ def distill(students: dict[str, nn.Module], teachers: list[nn.Module], batches: 
         elif step - log.best_step >= patience:
             active.discard(name)
 
+    start = {}
     if validate is not None and keep_start:
-        for name in students:
-            check(name, 0)
+        start = {n: (validate(s), copy.deepcopy(s.state_dict())) for n, s in students.items()}
     for s in students.values():
         s.train()
     for step in range(1, steps + 1):
@@ -204,9 +227,13 @@ def distill(students: dict[str, nn.Module], teachers: list[nn.Module], batches: 
             log.last_loss = loss.item()
             if step == 1:
                 log.first_loss = log.last_loss
-            if validate is not None and (step % val_every == 0 or step == steps):
+            if validate is not None and step % val_every == 0:
                 check(name, step)
     for name, student in students.items():
+        log = logs[name]
+        if name in start and (best[name] is None or start[name][0] > log.best_val_acc):
+            log.best_val_acc, log.best_step = start[name][0], 0
+            best[name] = start[name][1]
         if validate is not None and best[name] is not None:
             student.load_state_dict(best[name])
     return logs
@@ -230,7 +257,8 @@ def knobs(cfg) -> FedDFConfig:
     shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if hasattr(FedDFConfig, f.name)}
     # no labelled server split there: a short fixed distillation (FOREIGN_CONFIG_STEPS), the last student kept
     return dataclasses.replace(FedDFConfig(), **{**shared, "method": "fedavg", "feddf_select_on_val": False,
-                                                 "feddf_steps": FOREIGN_CONFIG_STEPS})
+                                                 "feddf_steps": FOREIGN_CONFIG_STEPS,
+                                                 "feddf_cosine_steps": FOREIGN_CONFIG_STEPS})
 
 
 class _ServerDistillation:
@@ -240,10 +268,22 @@ class _ServerDistillation:
         self.knobs = knobs(cfg)
         self.distill_data = DistillationData.for_config(self.knobs, fed.train, fed.seed)
         self.distill_logs: dict[str, DistillLog] = {}
+        self.val_generator = torch.Generator().manual_seed(fed.seed * 1_000_003 + 29)
 
+    @torch.no_grad()
     def validation_accuracy(self, model: nn.Module) -> float:
-        val = self.fed.server_val
-        return (predict_logits(model, val, self.cfg.eval_batch_size).argmax(1) == val.y).float().mean().item()
+        """Accuracy on the server's labelled split, its images drawn through the clients' training transform
+        (the official validation split is a part of the training set and keeps its transform)."""
+        val, batch = self.fed.server_val, self.cfg.eval_batch_size
+        was_training = model.training
+        model.eval()
+        correct = 0
+        for i in range(0, len(val), batch):
+            x = val.x[i:i + batch]
+            params = augment.draw(self.cfg.augment, (len(x),), val.shape[-1], self.val_generator)
+            correct += (model(augment.apply(x, val.normalize, params)).argmax(1) == val.y[i:i + batch]).sum().item()
+        model.train(was_training)
+        return correct / len(val)
 
     def run_distillation(self, students: dict[str, nn.Module], teachers: list[nn.Module], round_: int) -> None:
         cfg = self.knobs
@@ -252,7 +292,7 @@ class _ServerDistillation:
             raise ConfigError("validation-based selection needs a server validation split (server_val_fraction > 0)")
         self.distill_logs = distill(
             students, teachers, self.distill_data.batches(cfg.feddf_batch_size, distillation_generator(self.fed.seed, round_)),
-            steps=cfg.feddf_steps, lr=cfg.feddf_lr, temperature=cfg.feddf_temperature, clip=cfg.feddf_clip,
+            steps=cfg.feddf_steps, cosine_steps=cfg.feddf_cosine_steps, lr=cfg.feddf_lr, temperature=cfg.feddf_temperature, clip=cfg.feddf_clip,
             val_every=cfg.feddf_val_every, patience=cfg.feddf_patience,
             validate=self.validation_accuracy if use_val else None, keep_start=cfg.feddf_keep_start)
 
@@ -308,13 +348,14 @@ class FedDF(_ServerDistillation, Method):
 
 @register_method("fedavg_hetero")
 class HeteroFedAvg(Method):
-    """Clients of several architectures (client c trains feddf_archs[c % A]); FedAvg within each architecture.
-    The engine's `state` is the architecture `cfg.model`'s; the others are held here."""
+    """Clients of several architectures in contiguous blocks (client c of n trains feddf_archs[c * A // n], as
+    the official `num_clients_per_model`); FedAvg within each architecture. The engine's `state` is the
+    architecture `cfg.model`'s; the others are held here."""
 
     def __init__(self, cfg, fed, model):
         super().__init__(cfg, fed, model)
         self.archs = list(getattr(cfg, "feddf_archs", ())) or [cfg.model]   # none given: one architecture
-        self.arch_of = [self.archs[c % len(self.archs)] for c in range(cfg.n_clients)]
+        self.arch_of = [self.archs[c * len(self.archs) // cfg.n_clients] for c in range(cfg.n_clients)]
         shape, classes = fed.train.shape, fed.train.num_classes
         self.members = {a: Method(cfg, fed, model if a == cfg.model else build_model(a, shape, classes))
                         for a in self.archs}
@@ -361,8 +402,9 @@ class HeteroFedAvg(Method):
 
 @register_method("feddf_hetero")
 class HeteroFedDF(_ServerDistillation, HeteroFedAvg):
-    """FedDF across architectures: every architecture's average (or its previous model, if none of its
-    clients was sampled) is distilled from the ensemble of all received models, of every architecture."""
+    """FedDF across architectures: the average of every architecture received this round is distilled from
+    the ensemble of all received models, of every architecture; an architecture none of whose clients was
+    sampled keeps its server model (official: only the received architectures' fedavg_models are distilled)."""
 
     def __init__(self, cfg, fed, model):
         super().__init__(cfg, fed, model)
@@ -371,10 +413,9 @@ class HeteroFedDF(_ServerDistillation, HeteroFedAvg):
     def server_update(self, state, averaged, update, round_):
         by_arch = update.extras["by_arch"]
         teachers = [t for a, u in by_arch.items() for t in client_models(self.members[a], u)]
-        start = {a: self.averaged.get(a, self.states[a]) for a in self.archs}
-        students = {a: self.members[a].model_with(start[a]) for a in self.archs}
+        students = {a: self.members[a].model_with(avg) for a, avg in self.averaged.items()}
         self.run_distillation(students, teachers, round_)
-        self.states = {a: {k: v.detach().clone() for k, v in s.state_dict().items()} for a, s in students.items()}
+        self.states.update({a: {k: v.detach().clone() for k, v in s.state_dict().items()} for a, s in students.items()})
         return self.states[self.cfg.model]
 
     def evaluate(self, state, round_):

@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from common.experiments import check
 from common.fl.config import FLConfig
 
-METHOD_NAMES = ("fedavg", "fedprox", "feddistill", "feddistill_fl", "fedensemble", "fedgen")
+METHOD_NAMES = ("fedavg", "fedprox", "feddistill", "feddistill_fl", "fedensemble", "fedgen", "central")
 
 
 @dataclass(frozen=True)
 class FedGenConfig(FLConfig):
-    method: str = "fedgen"               # one of METHOD_NAMES (the paper's Table 1 columns)
+    method: str = "fedgen"               # one of METHOD_NAMES (the paper's Table 1 columns; central = the regime reference)
     dataset: str = "mnist"
     model: str = "fedgen_cnn"            # conv(6)-BN-conv(16)-BN, FC 784->32 (latent), FC 32->10
     # data: data/Mnist/generate_niid_dirichlet.py --sampling_ratio 0.5 --alpha A --n_user 20
@@ -32,6 +32,7 @@ class FedGenConfig(FLConfig):
     weighting: str = "size"
     aggregate_buffers: bool = False
     prox_mu: float = 1.0                 # FedProx: --lamda 1
+    prox_decay: float = 1e-3             # FedProxOptimizer's mu: w -= lr (grad + lamda (w - w_global) + mu w)
     # the generator (GENERATORCONFIGS['mnist'] = hidden 256, latent 32, noise 32)
     gen_noise_dim: int = 32
     gen_hidden: int = 256
@@ -67,6 +68,7 @@ class FedGenConfig(FLConfig):
         check(self.gen_teacher_weighting in ("official", "per_sample"),
               f"gen_teacher_weighting must be 'official' or 'per_sample', got {self.gen_teacher_weighting!r}")
         check(self.local_steps >= 1, "FedGen's setting counts local work in steps: local_steps must be >= 1")
+        check(self.prox_decay >= 0, f"prox_decay must be >= 0, got {self.prox_decay}")
         check(self.eval_top_k >= 1, f"eval_top_k must be >= 1, got {self.eval_top_k}")
         check(self.partition == "fedgen_dirichlet" or self.partition in ("dirichlet", "iid"),
               f"partition must be fedgen_dirichlet, dirichlet or iid, got {self.partition!r}")

@@ -10,13 +10,15 @@ in its docstring. The round, as `serverpFedGen.FedGen.train` runs it:
   3. the server trains G for 50 Adam steps against the freshly trained users' last layers
      (`FedGen.server_update`): label-count-weighted teacher loss + diversity loss;
   4. the size-weighted average of the parameters is the new global model (BN buffers are not averaged).
+Every user draws its batches from one shuffled DataLoader kept across rounds (`loader_batches`).
 
 Two evaluation protocols are logged every round (`OfficialProtocol.evaluate`):
   paper_acc: the official one: each of the N users runs the global parameters with *its own* BatchNorm
              statistics on its own label-restricted test split; accuracy pooled (`serverbase.evaluate`);
              the paper reports the mean of the top-5 rounds per seed (`utils/plot_utils.py`).
   test_acc:  the standard one: the aggregated model (global parameters, BN statistics averaged over the
-             round's users with the same size weights) on the full MNIST test set.
+             round's users with the same size weights) on the test set: the engine's curve subset when
+             `test_subset` is set, the full official test set at the final round.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ from common.experiments import ConfigError
 from common.fl import local
 from common.fl.aggregation import stack_states, state_bytes, weighted_average
 from common.fl.engine import ClientUpdate, Method, register_method
-from common.fl.methods import FedProx
+from common import augment
+from common.fl.methods import Centralised, FedProx
 from common.partition import register_partition
 from papers.fedgen.config import FedGenConfig
 
@@ -85,6 +88,21 @@ def user_test_splits(train_parts: list[torch.Tensor], train_y: torch.Tensor, tes
             pointer[c] += n
         out.append(torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.long))
     return out
+
+
+def loader_batches(n: int, batch_size: int, start: int, steps: int, seed: int, user: int) -> torch.Tensor:
+    """Batches start .. start + steps - 1 of one user's endless DataLoader (`userbase.get_next_train_batch`:
+    DataLoader(shuffle=True, drop_last=True), its iterator kept across rounds and restarted only when
+    exhausted). Epoch e is a fresh permutation (seeded by run seed, epoch and user) cut to floor(n / B) whole
+    batches, so a user's batches continue its epoch from one round to the next. A user with n < B, for which
+    the official loader yields no batch at all, fills its batch from consecutive permutations.
+    Returns positions [steps, B] into the user's samples."""
+    epoch_len = (n // batch_size) * batch_size or n
+    first, last = start * batch_size, (start + steps) * batch_size
+    epochs = range(first // epoch_len, -(-last // epoch_len))
+    stream = torch.cat([torch.randperm(n, generator=local.client_generator(seed, e, user))[:epoch_len] for e in epochs])
+    offset = epochs[0] * epoch_len
+    return stream[first - offset:last - offset].view(steps, batch_size)
 
 
 # ---------------------------------------------------------------------------------------------- generator
@@ -152,6 +170,7 @@ def regulariser_weight(initial: float, decay: float, round_: int) -> float:
 class OfficialProtocol(Method):
     """The behaviour every method of the official code shares (FedAvg here):
 
+    - each user draws its batches from its own DataLoader iterator, kept across rounds (`loader_batches`);
     - users keep their own BatchNorm statistics across rounds (`send_parameters` copies parameters only), so a
       user starts local training from the global parameters and its own buffers;
     - the server averages parameters only (cfg.aggregate_buffers = False);
@@ -163,12 +182,49 @@ class OfficialProtocol(Method):
         self.initial_buffers = {n: b.detach().clone() for n, b in model.named_buffers()}
         self.client_buffers: dict[int, dict] = {}
         self.round_buffers = dict(self.initial_buffers)   # size-weighted average of this round's BN statistics
-        self.user_tests = user_test_splits(fed.parts, fed.train.y, fed.test.y, fed.train.num_classes)
-        self.test_x = fed.test.normalize(fed.test.x)       # [T, 1, 28, 28], normalised once
-        self.test_y = fed.test.y
+        self.batches_drawn = [0] * cfg.n_clients           # each user's position in its DataLoader stream
+        self.plan: local.Plan | None = None                # this round's batches
+        # the paper protocol's per-user splits are cut from the full official test set (`divide_test_data`)
+        full = fed.full_test if fed.full_test is not None else fed.test
+        self.user_tests = user_test_splits(fed.parts, fed.train.y, full.y, fed.train.num_classes)
+        self.user_test_x, self.user_test_y = full.normalize(full.x), full.y   # [T, 1, 28, 28], normalised once
+        self.standard_test: tuple = (None, None, None)     # (source split, x, y) for the standard protocol
         self.extra_metrics: dict = {}
 
-    # -- users keep their BN statistics
+    # -- users draw from their kept DataLoader iterators, and keep their BN statistics
+    def make_plan(self, clients: list[int], round_: int) -> local.Plan:
+        """This round's `local_steps` batches of each sampled user (`loader_batches`), as an engine plan."""
+        cfg = self.cfg
+        idx, aug = [], []
+        for c in clients:
+            pos = loader_batches(len(self.fed.parts[c]), cfg.batch_size, self.batches_drawn[c], cfg.local_steps,
+                                 self.fed.seed, c)
+            self.batches_drawn[c] += cfg.local_steps
+            idx.append(self.fed.parts[c][pos])
+            aug.append(augment.draw(cfg.augment, tuple(pos.shape), self.fed.train.shape[-1],
+                                    local.client_generator(self.fed.seed, round_, c)))
+        idx = torch.stack(idx)                                                # [K, S, B]
+        return local.Plan(idx, torch.ones(idx.shape), torch.ones(idx.shape[:2], dtype=torch.bool),
+                          {k: torch.stack([a[k] for a in aug]) for k in aug[0]})
+
+    def client_update(self, state, clients, round_):
+        """The engine's local SGD (`Method.client_update`) on the batches of `make_plan`; every batch is whole,
+        so the vectorised path runs with BatchNorm."""
+        cfg = self.cfg
+        start = self.start_state(state, clients)
+        self.plan = self.make_plan(clients, round_)
+        shared, mine = self.round_context(state, clients, round_)
+        train = local.train_vectorized if cfg.vectorize and self.vectorizable else local.train_sequential
+        params, buffers, loss = train(self, self.model, {n: start[n] for n in self.param_names},
+                                      {n: start[n] for n in self.buffer_names}, self.fed.train, self.plan,
+                                      cfg.lr * cfg.lr_decay ** (round_ - 1), shared, mine)
+        sizes = torch.tensor([len(self.fed.parts[c]) for c in clients], dtype=torch.float32)
+        return ClientUpdate(clients, params, buffers, sizes, loss)
+
+    def round_samples(self, k: int) -> torch.Tensor:
+        """Indices of the training samples user k of this round drew (all its batches, flattened)."""
+        return self.plan.idx[k][self.plan.active[k]].flatten()
+
     def buffers_of(self, c: int) -> dict:
         return self.client_buffers.get(c, self.initial_buffers)
 
@@ -187,6 +243,15 @@ class OfficialProtocol(Method):
         return torch.cat([functional_call(self.eval_model, (params, buffers), (x[i:i + 4000],))
                           for i in range(0, len(x), 4000)]) if len(x) else torch.zeros(0, self.fed.train.num_classes)
 
+    def test_data(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The standard protocol's (x normalised, y): the engine's current test split (the curve subset when
+        `test_subset` is set, the full official test set at the final round), normalised once per split."""
+        source, x, y = self.standard_test
+        if source is not self.fed.test:
+            x, y = self.fed.test.normalize(self.fed.test.x), self.fed.test.y
+            self.standard_test = (self.fed.test, x, y)
+        return x, y
+
     def user_params(self, state: dict, c: int) -> dict:
         return {n: state[n] for n in self.param_names}
 
@@ -197,18 +262,19 @@ class OfficialProtocol(Method):
         for c, idx in enumerate(self.user_tests):
             if len(idx) == 0:
                 continue
-            out = self.logits(self.user_params(state, c), self.buffers_of(c), self.test_x[idx])
-            correct += (out.argmax(1) == self.test_y[idx]).sum().item()
-            loss += F.cross_entropy(out, self.test_y[idx], reduction="sum").item()
+            out = self.logits(self.user_params(state, c), self.buffers_of(c), self.user_test_x[idx])
+            correct += (out.argmax(1) == self.user_test_y[idx]).sum().item()
+            loss += F.cross_entropy(out, self.user_test_y[idx], reduction="sum").item()
             total += len(idx)
         return correct / max(1, total), loss / max(1, total)
 
     def evaluate(self, state, round_):
         params = {n: state[n] for n in self.param_names}
-        out = self.logits(params, self.round_buffers, self.test_x)
+        x, y = self.test_data()
+        out = self.logits(params, self.round_buffers, x)
         paper_acc, paper_loss = self.paper_accuracy(state)
-        metrics = {"test_acc": (out.argmax(1) == self.test_y).float().mean().item(),
-                   "test_loss": F.cross_entropy(out, self.test_y).item(),
+        metrics = {"test_acc": (out.argmax(1) == y).float().mean().item(),
+                   "test_loss": F.cross_entropy(out, y).item(),
                    "paper_acc": paper_acc, "paper_loss": paper_loss}
         return {**metrics, **self.extra_metrics}
 
@@ -220,9 +286,15 @@ class FedAvg(OfficialProtocol):
 
 
 class FedProxOfficial(OfficialProtocol, FedProx):
-    """FedProx (`serverFedProx.py`, `FedProxOptimizer`): grad += lamda (w - w_global), lamda = cfg.prox_mu = 1."""
+    """FedProx (`serverFedProx.py`, `FedProxOptimizer`): w -= lr (grad + lamda (w - w_global) + mu w), lamda =
+    cfg.prox_mu = 1 and the optimiser's default mu = cfg.prox_decay = 1e-3 (a weight decay on every parameter),
+    i.e. the penalty lamda/2 ||w - w_global||^2 + mu/2 ||w||^2."""
 
     name = "fedprox"
+
+    def local_penalty(self, params, x, y, w, logits, shared, mine):
+        decay = 0.5 * self.cfg.prox_decay * sum((p ** 2).sum() for p in params.values())
+        return super().local_penalty(params, x, y, w, logits, shared, mine) + decay
 
 
 class FedEnsemble(OfficialProtocol):
@@ -244,14 +316,14 @@ class FedEnsemble(OfficialProtocol):
 
     def evaluate(self, state, round_):
         pooled = torch.cat(self.user_tests)
-        paper = self.ensemble_logits(self.test_x[pooled])
-        out = {"paper_acc": (paper.argmax(1) == self.test_y[pooled]).float().mean().item(),
-               "paper_loss": F.cross_entropy(paper, self.test_y[pooled]).item(),
+        paper = self.ensemble_logits(self.user_test_x[pooled])
+        out = {"paper_acc": (paper.argmax(1) == self.user_test_y[pooled]).float().mean().item(),
+               "paper_loss": F.cross_entropy(paper, self.user_test_y[pooled]).item(),
                "test_acc": float("nan"), "test_loss": float("nan")}
-        if round_ % 10 == 0 or round_ == self.cfg.rounds:   # N forward passes of the full test set: costly
-            full = self.ensemble_logits(self.test_x)
-            out.update(test_acc=(full.argmax(1) == self.test_y).float().mean().item(),
-                       test_loss=F.cross_entropy(full, self.test_y).item())
+        if round_ % 10 == 0 or round_ == self.cfg.rounds:   # N forward passes of the test set: costly
+            x, y = self.test_data()
+            full = self.ensemble_logits(x)
+            out.update(test_acc=(full.argmax(1) == y).float().mean().item(), test_loss=F.cross_entropy(full, y).item())
         return out
 
 
@@ -295,9 +367,8 @@ class FedDistill(OfficialProtocol):
         update = super().client_update(state, clients, round_)
         # LogitTracker: the official code adds each step's training logits; we add the logits of the round's
         # batches under the model at the end of the round (see README, deviations)
-        plan = local.make_plan(self.fed.parts, clients, self.cfg, self.fed.seed, round_, self.fed.train.shape[-1])
         for k, c in enumerate(clients):
-            idx = plan.idx[k][plan.active[k]].flatten()
+            idx = self.round_samples(k)
             x, y = self.fed.train.normalize(self.fed.train.x[idx]), self.fed.train.y[idx]
             out = self.logits({n: update.params[n][k] for n in self.param_names},
                               {n: update.buffers[n][k] for n in self.buffer_names}, x)
@@ -322,9 +393,10 @@ class FedDistill(OfficialProtocol):
         paper_acc, paper_loss = self.paper_accuracy(state)
         metrics = {"paper_acc": paper_acc, "paper_loss": paper_loss, "test_acc": float("nan"), "test_loss": float("nan")}
         if round_ % 10 == 0 or round_ == self.cfg.rounds:
-            # no global model: the standard number is the users' own models on the full test set, averaged
-            accs = [(self.logits(self.client_params[c], self.buffers_of(c), self.test_x).argmax(1) == self.test_y)
-                    .float().mean().item() for c in range(self.cfg.n_clients)]
+            # no global model: the standard number is the users' own models on the test set, averaged
+            x, y = self.test_data()
+            accs = [(self.logits(self.client_params[c], self.buffers_of(c), x).argmax(1) == y).float().mean().item()
+                    for c in range(self.cfg.n_clients)]
             metrics["test_acc"] = float(np.mean(accs))
         return metrics
 
@@ -403,11 +475,11 @@ class FedGen(OfficialProtocol):
 
     def client_update(self, state, clients, round_):
         """Local SGD, plus the label counts of the round's batches (`update_label_counts`, reset to 1 per label)."""
-        plan = local.make_plan(self.fed.parts, clients, self.cfg, self.fed.seed, round_, self.fed.train.shape[-1])
+        update = super().client_update(state, clients, round_)
         C = self.fed.train.num_classes
-        self.label_counts = torch.stack([1 + torch.bincount(self.fed.train.y[plan.idx[k][plan.active[k]].flatten()],
-                                                            minlength=C) for k in range(len(clients))])  # [K, C]
-        return super().client_update(state, clients, round_)
+        self.label_counts = torch.stack([1 + torch.bincount(self.fed.train.y[self.round_samples(k)], minlength=C)
+                                         for k in range(len(clients))])  # [K, C]
+        return update
 
     # -- server
     def server_update(self, state, averaged, update, round_):
@@ -467,7 +539,7 @@ class FedGen(OfficialProtocol):
         features = {n[len("features."):]: v for n, v in {**params, **self.round_buffers}.items()
                     if n.startswith("features.")}
         fmodel = self.eval_model.features
-        real_x, real_y = self.test_x[:n_real], self.test_y[:n_real]
+        real_x, real_y = self.user_test_x[:n_real], self.user_test_y[:n_real]
         real = functional_call(fmodel, features, (real_x,))
         y_gen = torch.arange(self.fed.train.num_classes).repeat_interleave(self.cfg.latent_samples_per_label)
         fake, _ = self.generator.sample(y_gen, torch.Generator().manual_seed(1))
@@ -477,6 +549,18 @@ class FedGen(OfficialProtocol):
         return {"real": proj(real), "real_y": real_y.tolist(), "generated": proj(fake), "generated_y": y_gen.tolist()}
 
 
+# ---------------------------------------------------------------------------------------------- reference
+class Central(Centralised, OfficialProtocol):
+    """The regime reference: the same CNN trained centrally (the engine's `central`: one user holding the whole
+    training set, as many SGD steps per round as a federated round's users take together), drawing batches
+    from one kept DataLoader and read under both protocols with its own BatchNorm statistics."""
+
+    name = "central"
+
+    def buffers_of(self, c):
+        return super().buffers_of(0)
+
+
 # FedGen joins the engine's registry (for the comparison report and the engine's method matrix) with the
 # config that carries its knobs and the smallest model it accepts (a `features` / `classifier` split).
 FedGen.config_cls, FedGen.test_model = FedGenConfig, "fedgen_cnn"
@@ -484,7 +568,7 @@ register_method("fedgen")(FedGen)
 
 METHOD_CLASSES: dict[str, type[Method]] = {
     "fedavg": FedAvg, "fedprox": FedProxOfficial, "feddistill": FedDistill, "feddistill_fl": FedDistillFL,
-    "fedensemble": FedEnsemble, "fedgen": FedGen,
+    "fedensemble": FedEnsemble, "fedgen": FedGen, "central": Central,
 }
 
 

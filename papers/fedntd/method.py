@@ -31,8 +31,17 @@ import torch.nn.functional as F
 
 from common.fl import local
 from common.fl.engine import Method, get_method, register_method, run_federated
+from common.models import MLP, register_model
 from common.train import predict_logits
 from papers.fedntd.config import FedNTDConfig
+
+
+@register_model("mlp2nn")
+def mlp_2nn(in_shape, num_classes):
+    """McMahan et al.'s (2017) 2NN, 784-200-200-K with ReLU (as benchmarks/fl_engine.py): the quick scale's model,
+    ~25x cheaper per image than the McMahan CNN on this CPU (README, deviations)."""
+    c, h, w = in_shape
+    return MLP(c * h * w, (200, 200), num_classes)
 
 
 def not_true_index(y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -111,6 +120,14 @@ class FedLSD(GlobalDistillation):
 
 
 # ---------------------------------------------------------------------------------------------- forgetting
+def official_out_of_local(class_acc: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """The released code's out-of-distribution accuracy of client models (`algorithms/measures.py::
+    get_round_personalized_acc` with `calculate_inverse_dist`): sum_c acc_c (1 - p_c) / (C - 1), p the client's
+    class shares. class_acc [K, C], counts [K, C] (client k's training samples per class) -> [K]."""
+    p = counts / counts.sum(-1, keepdims=True)
+    return (class_acc * (1 - p) / (counts.shape[-1] - 1)).sum(-1)
+
+
 def per_class_accuracy(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> np.ndarray:
     """Accuracy per class [C] (nan for a class absent from y)."""
     correct = torch.zeros(num_classes).index_add_(0, y, (logits.argmax(1) == y).float())
@@ -122,10 +139,13 @@ class ForgettingProbe:
     """Mixin for any method (`probed(cls)`): the paper's forgetting diagnostic and per-class accuracy.
 
     Every `forget_every` rounds, for each sampled client, the global model it received and its model after
-    local training are evaluated per class on the test set. Out-of-local-class accuracy is the mean per-class
-    accuracy over the classes the client holds no sample of; in-local over the classes it holds (weighted by
-    its label distribution). Averaged over the sampled clients, logged as out_before / out_after /
-    in_before / in_after. Every evaluation also logs the global model's per-class test accuracy.
+    local training are evaluated per class on the test set. Ours: out-of-local-class accuracy is the mean
+    per-class accuracy over the classes the client holds no sample of; in-local over the classes it holds
+    (weighted by its label distribution); both averaged over the sampled clients (out_before / out_after /
+    in_before / in_after). The released code's (`official_out_of_local`): every class weighted by
+    (1 - p_c) / (C - 1), clients weighted by their data size (official_out_after; official_out_before for the
+    received global model under the same weights). Every evaluation also logs the global model's per-class
+    test accuracy.
     """
 
     def client_update(self, state, clients, round_):
@@ -138,7 +158,7 @@ class ForgettingProbe:
     def _forgetting(self, state, update) -> dict:
         test, C = self.fed.test, self.fed.train.num_classes
         before = per_class_accuracy(predict_logits(self.model_with(state), test, self.cfg.eval_batch_size), test.y, C)
-        rows = []
+        rows, afters, all_counts = [], [], []
         for k, c in enumerate(update.clients):
             client_state = dict(state)
             client_state.update({n: update.params[n][k] for n in self.param_names})
@@ -151,8 +171,16 @@ class ForgettingProbe:
             if (~held).any():
                 row.update(out_before=float(np.nanmean(before[~held])), out_after=float(np.nanmean(after[~held])))
             rows.append(row)
+            afters.append(after)
+            all_counts.append(counts)
         keys = ("out_before", "out_after", "in_before", "in_after")
-        return {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys if any(k in r for r in rows)}
+        out = {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys if any(k in r for r in rows)}
+        counts, size = np.stack(all_counts), update.n_samples.numpy()
+        if C > 1 and size.sum() > 0:
+            weight = size / size.sum()   # measures.py: local_size_prop, the clients' data sizes normalised
+            out["official_out_after"] = float(official_out_of_local(np.stack(afters), counts) @ weight)
+            out["official_out_before"] = float(official_out_of_local(before[None], counts) @ weight)
+        return out
 
     def evaluate(self, state, round_):
         """The engine's global test accuracy and loss from one pass, plus per-class accuracy and the probe."""
@@ -181,7 +209,7 @@ def train(cfg, seed: int, record) -> None:
     scalars of the forgetting diagnostic averaged over the probed rounds."""
     run_federated(cfg, seed, record, probed(get_method(cfg.method)))
     hist = record.history
-    for key in ("out_before", "out_after", "in_before", "in_after"):
+    for key in ("out_before", "out_after", "in_before", "in_after", "official_out_before", "official_out_after"):
         vals = [h[key] for h in hist if key in h and h[key] is not None]
         if vals:
             record.summary[key] = float(np.mean(vals))
