@@ -14,8 +14,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -r $(VENV)/requirements.txt
 	touch $(STAMP)
 
+# quick: reports/<paper> (committed); smoke/paper: reports/<scale>/<paper>. A lock left by a killed run is
+# removed first when no Snakemake is running here, so the same command resumes.
 reports/%: FORCE $(STAMP)
-	$(VENV)/bin/snakemake reports/$* --config scale=$(SCALE)
+	@$(PY) -m common.workflow unlock-if-stale .
+	$(VENV)/bin/snakemake $(if $(filter quick,$(SCALE)),reports/$*,reports/$(SCALE)/$*) --config scale=$(SCALE)
 
 test: $(STAMP)
 	$(PY) -m pytest

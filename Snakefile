@@ -1,8 +1,14 @@
-# One workflow for every paper: `snakemake reports/<paper>` runs that paper's experiments at the configured
-# scale (`--config scale=smoke|quick|paper`, quick by default) and writes reports/<paper>/.
+# One workflow for every paper: `snakemake reports/<paper>` reruns that paper's quick-scale experiments (what is
+# missing or changed), rebuilds its report, says whether every number equals the committed one, and publishes it.
+# Other scales: `snakemake reports/<scale>/<paper> --config scale=smoke|paper` (never touches reports/<paper>).
 import os
+import sys
 
-configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+sys.path.insert(0, workflow.basedir)
+from common import workflow as wf  # noqa: E402
+
+
+configfile: wf.config_file(os.path.join(workflow.basedir, "config", "config.yaml"))
 
 
 include: "workflow/rules/common.smk"
@@ -10,5 +16,6 @@ include: "workflow/rules/papers.smk"
 
 
 rule all:
+    default_target: True
     input:
-        expand("reports/{paper}", paper=PAPERS),
+        expand(wf.report_dir("{paper}", SCALE), paper=PAPERS),

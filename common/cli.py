@@ -4,10 +4,16 @@
     python -m papers.<paper> run --scale smoke --setting <name> --set lr=0.05 --out /tmp/x.json
     python -m papers.<paper> report --scale quick --results results/quick/<paper> --out reports/<paper>
     python -m papers.<paper> runs --scale quick       # the run ids of a scale
+    python -m papers.<paper> check --scale quick      # every setting builds, every data set is there and intact
+
+A user error (a bad config value, missing or damaged data, a diverging run, an unwritable --out) is one line
+on stderr, `error: ...`, naming the problem and the fix, and exit status 2; nothing is written.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -16,8 +22,12 @@ from typing import Callable
 import torch
 import yaml
 
-from common import experiments
-from common.results import RunRecord, seed_everything
+from common import data, experiments
+from common.results import RunRecord, load_records, seed_everything
+from common.train import DivergenceError
+
+USER_ERRORS = (experiments.ConfigError, data.DataNotFoundError, data.DataCorruptError, data.UnknownDataError,
+               DivergenceError)
 
 
 def parse_sets(items: list[str]) -> dict:
@@ -31,6 +41,57 @@ def parse_sets(items: list[str]) -> dict:
     return out
 
 
+def datasets_used(cfg) -> list[str]:
+    """The registered data sets a config names (its `dataset` and any other field set to a data-set name, such as
+    FedDF's distillation source)."""
+    values = [getattr(cfg, f.name) for f in dataclasses.fields(cfg)]
+    return sorted({v for v in values if isinstance(v, str) and v in data.REGISTRY})
+
+
+def build(paper: str, config_cls, scale: str, setting: str, sets: dict | None = None):
+    overrides = {**experiments.resolve(paper, scale, setting), **(sets or {})}
+    cls = config_cls if isinstance(config_cls, type) else config_cls(overrides)
+    return experiments.build_config(cls, overrides)
+
+
+def check(paper: str, config_cls, scale: str) -> list[str]:
+    """Fail-before-running check of a scale: every setting's config builds, every data set it needs is under
+    the data root (or in the download cache) with the right checksums. Returns the data sets checked."""
+    names = set()
+    for setting in experiments.settings(paper, scale):
+        try:
+            names.update(datasets_used(build(paper, config_cls, scale, setting)))
+        except experiments.ConfigError as exc:
+            raise experiments.ConfigError(f"{paper}/{scale}/{setting}: {exc}") from None
+    for name in sorted(names):
+        if data.verify(name) == "download" and not any(data.cache_dir().glob(f"{name}_*_download.npz")):
+            data.load(name, next(iter(data.REGISTRY[name].counts)))  # the download, or its clear error
+    return sorted(names)
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.parent / f".{out.name}.probe{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise experiments.ConfigError(f"cannot write the run record to {out} ({exc.strerror}): choose a writable "
+                                      "--out") from None
+
+
+def _progress(paper: str, scale: str, out: Path) -> str:
+    """`k of N runs of <paper> done, about M min of run time left` from the records already written."""
+    if out.parent.name not in experiments.settings(paper, scale):
+        return ""
+    done = load_records(out.parent.parent.glob("*/seed*.json"))
+    total = len(experiments.run_ids(paper, scale))
+    if not done:
+        return ""
+    left = max(0, total - len(done)) * sum(r.wall_time_s for r in done) / len(done) / 60
+    return f"[{paper}] {len(done)} of {total} runs done, about {left:.0f} min of run time left (divided by the parallel jobs)"
+
+
 def main(paper: str, config_cls, run_fn: Callable, report_fn: Callable, argv: list[str] | None = None) -> int:
     """`config_cls` is the paper's config dataclass, or a function of a run's overrides that returns one;
     `run_fn(cfg, seed, record)` fills `record.history` / `record.summary` / `record.bytes_sent`;
@@ -40,7 +101,7 @@ def main(paper: str, config_cls, run_fn: Callable, report_fn: Callable, argv: li
     run = sub.add_parser("run", help="one run: a setting of experiments.yaml at a scale, one seed")
     run.add_argument("--scale", default="quick", choices=experiments.SCALES)
     run.add_argument("--setting", required=True)
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=0, help="a non-negative integer")
     run.add_argument("--out", required=True, type=Path)
     run.add_argument("--threads", type=int, default=1, help="torch threads (Snakemake passes the job's)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -50,16 +111,25 @@ def main(paper: str, config_cls, run_fn: Callable, report_fn: Callable, argv: li
     rep.add_argument("--out", required=True, type=Path)
     runs = sub.add_parser("runs", help="list the run ids of a scale")
     runs.add_argument("--scale", default="quick", choices=experiments.SCALES)
+    chk = sub.add_parser("check", help="check every setting and data set of a scale before running")
+    chk.add_argument("--scale", default="quick", choices=experiments.SCALES)
     args = parser.parse_args(argv)
 
     try:
         if args.command == "runs":
             print("\n".join(experiments.run_ids(paper, args.scale)))
+        elif args.command == "check":
+            print(f"{paper}/{args.scale}: {len(experiments.settings(paper, args.scale))} settings, data sets "
+                  f"{', '.join(check(paper, config_cls, args.scale)) or 'none'}: ok")
         elif args.command == "run":
-            overrides = {**experiments.resolve(paper, args.scale, args.setting), **parse_sets(args.set)}
-            cls = config_cls if isinstance(config_cls, type) else config_cls(overrides)
-            cfg = experiments.build_config(cls, overrides)
-            torch.set_num_threads(max(1, args.threads))
+            if args.seed < 0:
+                raise experiments.ConfigError(f"--seed must be a non-negative integer, got {args.seed}")
+            if args.threads < 1:
+                raise experiments.ConfigError(f"--threads must be >= 1, got {args.threads}")
+            cfg = build(paper, config_cls, args.scale, args.setting, parse_sets(args.set))
+            _check_writable(args.out)
+            sys.stdout.reconfigure(line_buffering=True)  # per-round lines reach a redirected log as they happen
+            torch.set_num_threads(args.threads)
             seed_everything(args.seed)
             record = RunRecord(paper=paper, setting=args.setting, seed=args.seed, scale=args.scale,
                                config={k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
@@ -67,9 +137,11 @@ def main(paper: str, config_cls, run_fn: Callable, report_fn: Callable, argv: li
             run_fn(cfg, args.seed, record)
             record.wall_time_s = time.perf_counter() - start
             record.save(args.out)
+            print(f"[{paper}] {args.setting} seed {args.seed}: {record.wall_time_s:.0f} s. "
+                  f"{_progress(paper, args.scale, args.out)}")
         else:
             report_fn(args.results, args.out, args.scale)
-    except experiments.ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever the message holds
         return 2
     return 0

@@ -1,8 +1,10 @@
 """Data-set registry: every image set held in memory as uint8 tensors, normalised per batch.
 
-A data set is loaded once from the *data root* (see `data_root`), verified (file sha256 and
-sample counts), decoded into a cache of plain arrays (`.cache/data/*.npz`, never into the data
-root) and from then on read in milliseconds. Images are `uint8 [N, C, H, W]`, labels `int64 [N]`;
+A data set is loaded from the *data root* (see `data_root`), verified (file sha256 and sample
+counts), decoded into a cache of plain arrays (`.cache/data/*.npz`, never into the data root) and
+from then on read in milliseconds. The cache is keyed by the data root and the files' checksums, and
+the source files are verified on every load (re-hashed only when their size or mtime changed), so a
+moved root or a damaged file is noticed even with a warm cache. Images are `uint8 [N, C, H, W]`, labels `int64 [N]`;
 `Dataset.normalize` turns a batch of them into floats on the fly, so no per-sample Python runs
 in a training loop.
 
@@ -33,6 +35,16 @@ CACHE_ENV = "REPLICATIONS_CACHE"
 
 class DataNotFoundError(FileNotFoundError):
     """A data set's files are not under the data root and could not be downloaded."""
+
+
+class DataCorruptError(ValueError):
+    """A data set's file does not match its checksum, or decodes to the wrong number of samples."""
+
+
+class UnknownDataError(KeyError):
+    """An unknown data set or split name."""
+
+    __str__ = Exception.__str__
 
 
 def data_root() -> Path:
@@ -242,15 +254,46 @@ def _save_cache(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _decode(name: str, spec: _Spec, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _verified_sha256(path: Path) -> str:
+    """sha256 of a source file, remembered in the cache by (path, size, mtime) so an unchanged file is hashed
+    once; any change of content changes its size or mtime and is hashed again."""
+    import json
+
+    memo_path = cache_dir() / "verified.json"
+    memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
+    st = path.stat()
+    stamp = [st.st_size, st.st_mtime_ns]
+    key = str(path.resolve())
+    if memo.get(key, [None])[:2] != stamp:
+        memo[key] = stamp + [_sha256(path)]
+        tmp = memo_path.with_name(f"{memo_path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(memo))
+        os.replace(tmp, memo_path)
+    return memo[key][2]
+
+
+def verify(name: str) -> str:
+    """Check that data set `name` is under the data root with the expected checksums; return the cache key
+    (data root + checksums) its decoded arrays are stored under, or "download" when the files are not there
+    and torchvision's download must be used. Raises DataCorruptError for a changed file."""
+    spec = REGISTRY[name]
     root = data_root()
     present = [rel for rel in spec.files if (root / rel).exists()]
-    if len(present) == len(spec.files):
-        for rel, digest in spec.files.items():
-            if _sha256(root / rel) != digest:
-                raise ValueError(f"{name}: {root / rel} does not match its sha256 in shared/data/MANIFEST.md; "
-                                 "the file is damaged or a different version: replace it with the original")
+    if len(present) < len(spec.files):
+        return "download"
+    for rel, digest in spec.files.items():
+        if _verified_sha256(root / rel) != digest:
+            raise DataCorruptError(
+                f"{name}: {root / rel} does not match its sha256 in shared/data/MANIFEST.md; the file is damaged "
+                "or a different version: replace it with the original (check with python ../shared/data/check.py)")
+    return hashlib.sha1((str(root) + "".join(sorted(spec.files.values()))).encode()).hexdigest()[:12]
+
+
+def _decode(name: str, spec: _Spec, split: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    root = data_root()
+    if key != "download":
         return spec.read(root, split)
+    present = [rel for rel in spec.files if (root / rel).exists()]
     if spec.download is not None:
         try:
             return spec.download(cache_dir() / "downloads", split)
@@ -269,22 +312,23 @@ def _decode(name: str, spec: _Spec, split: str) -> tuple[np.ndarray, np.ndarray]
 def load(name: str, split: str) -> Dataset:
     """The data set `name` (a key of REGISTRY) and `split`, verified, from the array cache."""
     if name not in REGISTRY:
-        raise KeyError(f"unknown data set {name!r}; known: {', '.join(sorted(REGISTRY))}")
+        raise UnknownDataError(f"unknown data set {name!r}; known: {', '.join(sorted(REGISTRY))}")
     spec = REGISTRY[name]
     if split not in spec.counts:
-        raise KeyError(f"data set {name!r} has no split {split!r}; splits: {', '.join(spec.counts)}")
-    cached = cache_dir() / f"{name}_{split}.npz"
+        raise UnknownDataError(f"data set {name!r} has no split {split!r}; splits: {', '.join(spec.counts)}")
+    key = verify(name)
+    cached = cache_dir() / f"{name}_{split}_{key}.npz"
     if cached.exists():
         with np.load(cached) as z:
             x, y = z["x"], z["y"]
     else:
-        x, y = _decode(name, spec, split)
+        x, y = _decode(name, spec, split, key)
         x, y = np.ascontiguousarray(x, dtype=np.uint8), np.ascontiguousarray(y, dtype=np.int64)
         if len(x) != spec.counts[split] or len(y) != len(x):
-            raise ValueError(f"{name}/{split}: read {len(x)} images and {len(y)} labels, "
-                             f"expected {spec.counts[split]} of each")
+            raise DataCorruptError(f"{name}/{split}: read {len(x)} images and {len(y)} labels, expected "
+                                   f"{spec.counts[split]} of each: replace the files with the originals")
         if y.min() < 0 or y.max() >= spec.num_classes:
-            raise ValueError(f"{name}/{split}: labels outside 0..{spec.num_classes - 1}")
+            raise DataCorruptError(f"{name}/{split}: labels outside 0..{spec.num_classes - 1}")
         _save_cache(cached, x, y)
     return Dataset(name, split, torch.from_numpy(x), torch.from_numpy(y), spec.mean, spec.std,
                    spec.num_classes)

@@ -35,7 +35,14 @@ def experiments(paper: str) -> dict:
     path = REPO / "papers" / paper / "experiments.yaml"
     if not path.exists():
         raise ConfigError(f"no experiments file for paper {paper!r} at {path}")
-    spec = yaml.safe_load(path.read_text())
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path} is not valid YAML{where} ({getattr(exc, 'problem', exc)}): fix the file") from None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{path} must be a YAML mapping with `scales` and `settings`")
     for key in ("scales", "settings"):
         if key not in spec:
             raise ConfigError(f"{path}: missing top-level key {key!r}")

@@ -185,6 +185,13 @@ def load_results(paper: str, results: Path, scale: str):
     return experiments.experiments(paper), records, history_frame(records), summary_frame(records)
 
 
+def reproduce_command(paper: str, scale: str) -> str:
+    """The command that regenerates a report (see common/workflow.py for the paths)."""
+    if scale == "quick":
+        return f"make reports/{paper}   (= snakemake -c2 reports/{paper})"
+    return f"make reports/{paper} SCALE={scale}   (= snakemake -c2 reports/{scale}/{paper} --config scale={scale})"
+
+
 def regime_table(entries: list[dict], summary: pd.DataFrame) -> pd.DataFrame:
     """Rows `baseline, setting, ours, reference, reference_source, ratio` (ours and reference are means over
     seeds; ratio = ours / reference). Each entry of experiments.yaml's `regime`: {baseline, setting, metric,
@@ -226,6 +233,7 @@ class Report:
     parts: list[str] = field(default_factory=list)
     claims: list[dict] = field(default_factory=list)
     regime_best: float | None = None
+    captions: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.out = Path(self.out)
@@ -240,6 +248,7 @@ class Report:
 
     def table(self, name: str, df: pd.DataFrame, caption: str) -> None:
         atomic_write_text(self.out / "tables" / f"{name}.csv", df.to_csv(index=False))
+        self.captions[name] = caption
         self.parts.append(f"**{caption}** (`tables/{name}.csv`)\n\n{markdown_table(df)}\n")
 
     def figure(self, name: str, fig, caption: str) -> None:
@@ -250,6 +259,7 @@ class Report:
         import matplotlib.pyplot as plt
 
         plt.close(fig)
+        self.captions[name] = caption
         self.parts.append(f"![{caption}](figures/{name}.png)\n\n*{caption}*\n")
 
     def paper_and_claims(self, spec: dict, summary: pd.DataFrame, caption: str, note: str = "") -> None:
@@ -312,8 +322,7 @@ class Report:
         header = (
             f"# {self.title}\n\n> {self.citation}\n\n"
             f"| | |\n|---|---|\n| scale | `{self.scale}` |\n"
-            f"| command | `snakemake -c2 reports/{self.paper} --config scale={self.scale}` "
-            f"(or `make reports/{self.paper}`) |\n"
+            f"| command | `{reproduce_command(self.paper, self.scale)}` |\n"
             f"| report commit | `{commit}` |\n| run commits | `{runs}` |\n"
             f"| generated | {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} |\n")
         if self.regime_best is None or self.regime_best < REGIME_FLOOR:
@@ -326,3 +335,10 @@ class Report:
             [{k: c.get(k) for k in ("id", "text", "origin", "kind", "metric", "a", "b", "c", "d", "margin",
                                     "verdict", "mean", "std", "n_seeds", "per_seed") if k in c}
              for c in self.claims], indent=1) + "\n")
+        # Snakemake's HTML report shows each figure and table with its own caption (workflow/report/figure.rst),
+        # the claims among the tables
+        claims = pd.DataFrame([{k: c.get(k) for k in ("id", "text", "origin", "verdict", "mean", "std", "margin",
+                                                       "n_seeds")} for c in self.claims])
+        atomic_write_text(self.out / "tables" / "claims.csv", claims.to_csv(index=False, float_format="%.6g"))
+        self.captions["claims"] = "Every claim with its origin and verdict (mean and std of its per-seed statistic)"
+        atomic_write_text(self.out / "captions.json", json.dumps(self.captions, indent=1) + "\n")

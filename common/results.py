@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,13 +49,15 @@ def git_commit() -> str:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write to a temporary file in the same folder, then rename: readers never see half a file."""
+    """Write to a temporary file in the same folder, then rename: readers never see half a file. The file is
+    0644 (readable by a group sharing a cluster disk; mkstemp alone would leave it 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -91,7 +94,11 @@ class RunRecord:
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def log(self, **metrics) -> None:
+        """Append one row of metrics and print it as one progress line (to the run's log and console)."""
         self.history.append(metrics)
+        shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()
+                         if isinstance(v, (int, float)) and not k.startswith("bytes"))
+        tqdm.write(f"[{self.paper} {self.setting} seed {self.seed}] {shown}")
 
     def save(self, path: str | Path) -> None:
         atomic_write_text(path, json.dumps(_jsonable(self.__dict__), indent=1, allow_nan=False) + "\n")

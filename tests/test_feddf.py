@@ -296,7 +296,7 @@ def test_paired_rounds_compares_the_same_seed_and_round_from_a_given_round_on():
 @pytest.mark.skipif(not has_data("mnist", "fashion_mnist"), reason="MNIST / Fashion-MNIST not under the data root")
 def test_feddf_workflow(tmp_path):
     run_workflow("feddf", tmp_path)
-    out = tmp_path / "reports" / "feddf"
+    out = tmp_path / "reports" / "smoke" / "feddf"
     check_report(out, ["curves", "fusion", "partitions", "hetero"])
     record = json.loads((tmp_path / "results/smoke/feddf/feddf_a01/seed0.json").read_text())
     assert record["config"]["partition"] == "dirichlet_feddf" and record["history"][-1]["distill_steps"] >= 1

@@ -246,7 +246,7 @@ def test_defaults_are_the_official_mnist_setting():
 @needs_mnist
 def test_fedgen_workflow(tmp_path):
     run_workflow("fedgen", tmp_path)
-    out = tmp_path / "reports" / "fedgen"
+    out = tmp_path / "reports" / "smoke" / "fedgen"
     check_report(out, ["curves_paper_protocol", "curves_standard", "latents", "partition_alpha0.1"])
     record = json.loads((tmp_path / "results/smoke/fedgen/fedgen_a0.1/seed0.json").read_text())
     assert record["scale"] == "smoke" and record["history"] and record["bytes_sent"] > 0

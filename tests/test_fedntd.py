@@ -165,7 +165,7 @@ def test_defaults_are_the_released_config():
 @needs_mnist
 def test_fedntd_workflow(tmp_path):
     run_workflow("fedntd", tmp_path)
-    out = tmp_path / "reports" / "fedntd"
+    out = tmp_path / "reports" / "smoke" / "fedntd"
     check_report(out, ["learning_curves", "forgetting", "forgetting_ours", "class_accuracy", "partition_s2"])
     record = json.loads((tmp_path / "results/smoke/fedntd/fedntd_s2/seed0.json").read_text())
     assert record["config"]["method"] == "fedntd" and record["history"]

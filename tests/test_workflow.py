@@ -1,21 +1,30 @@
 """Smoke runs of each paper's whole workflow (Snakemake, smoke scale) into a temporary folder."""
+import base64
 import json
 import os
+import shutil
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
+import yaml
 
 from tests.conftest import REPO, needs_mnist
 
 SNAKEMAKE = str(REPO / ".venv" / "bin" / "snakemake") if (REPO / ".venv" / "bin").exists() else "snakemake"
 
 
-def run_workflow(paper: str, workdir) -> None:
-    proc = subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "-c2", f"reports/{paper}",
-                           "--config", "scale=smoke"], capture_output=True, text=True,
+def run_workflow(paper: str, workdir, *extra: str, snakefile=REPO / "Snakefile") -> subprocess.CompletedProcess:
+    """The smoke report of `paper` into workdir/reports/smoke/<paper> (the committed quick report's path,
+    reports/<paper>, is never written at another scale)."""
+    proc = subprocess.run([SNAKEMAKE, "-s", str(snakefile), "-d", str(workdir), "-c2", f"reports/smoke/{paper}",
+                           "--config", "scale=smoke", *extra], capture_output=True, text=True,
                           env={**os.environ})
     logs = "".join(p.read_text() for p in (workdir / "logs").rglob("*.log")) if (workdir / "logs").exists() else ""
     assert proc.returncode == 0, proc.stderr[-3000:] + logs[-3000:]
+    return proc
 
 
 def check_report(out, figures):
@@ -30,20 +39,162 @@ def check_report(out, figures):
 @pytest.mark.workflow
 @needs_mnist
 def test_gradient_dropping_workflow(tmp_path):
+    committed = tmp_path / "reports" / "gradient_dropping" / "README.md"  # stands for the committed quick report
+    committed.parent.mkdir(parents=True)
+    committed.write_text("the committed quick report")
     run_workflow("gradient_dropping", tmp_path)
-    check_report(tmp_path / "reports" / "gradient_dropping", ["accuracy_curves", "bytes", "layer_density"])
-    record = json.loads((tmp_path / "results/smoke/gradient_dropping/drop99/seed0.json").read_text())
+    assert committed.read_text() == "the committed quick report" and len(list(committed.parent.iterdir())) == 1
+    out = tmp_path / "reports" / "smoke" / "gradient_dropping"
+    check_report(out, ["accuracy_curves", "bytes", "layer_density"])
+    record_path = tmp_path / "results/smoke/gradient_dropping/drop99/seed0.json"
+    record = json.loads(record_path.read_text())
     assert record["scale"] == "smoke" and record["history"] and record["bytes_sent"] > 0
-    html = tmp_path / "report.html"  # Snakemake's own HTML report, with the figures and captions
+    assert record_path.stat().st_mode & 0o777 == 0o644  # readable by a group on a shared cluster disk
+    log = (tmp_path / "logs/smoke/gradient_dropping/drop99/seed0.log").read_text()
+    assert log.count("[gradient_dropping drop99 seed 0]") >= 2 and "runs done" in log  # progress lines
+    html = tmp_path / "report.html"  # Snakemake's own HTML report, each figure and table with its own caption
     subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(tmp_path), "--report", str(html),
-                    "reports/gradient_dropping", "--config", "scale=smoke"], check=True, capture_output=True)
+                    "reports/smoke/gradient_dropping", "--config", "scale=smoke"], check=True, capture_output=True)
     assert html.stat().st_size > 10_000
+    captions = json.loads((out / "captions.json").read_text())
+    assert {"accuracy_curves", "bytes", "layer_density"} <= set(captions)
+    check_html_report_in_chromium(html, out)
+
+
+def check_html_report_in_chromium(html, out):
+    """Open Snakemake's HTML report in headless Chromium (Debian's `chromium`, driven by Playwright): the
+    paper's category lists every figure and table, each with its own caption, and the claims table holds every
+    claim's text."""
+    if not shutil.which("chromium"):
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    sync_playwright = pytest.importorskip("playwright.sync_api").sync_playwright
+    captions = json.loads((out / "captions.json").read_text())
+    claims = json.loads((out / "claims.json").read_text())
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=shutil.which("chromium"),
+                                    args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                          "--disable-component-update", "--disable-sync", "--disable-quic"])
+        page = browser.new_page()
+
+        def open_category():
+            page.goto(html.as_uri())
+            page.get_by_text("Results").first.click()
+            page.get_by_text(out.name).first.click()
+
+        open_category()
+        listed = page.inner_text("body")
+        assert all(f"figures/{name}" in listed for name in figures) and "tables/claims.csv" in listed
+        claims_csv = page.locator("tr", has_text="tables/claims.csv").first.locator("a[iconname=eye]")
+        shown = base64.b64decode(claims_csv.get_attribute("href").split("base64,")[1]).decode()
+        assert all(c["text"] in shown for c in claims)
+        for name in figures:
+            open_category()
+            page.locator("tr", has_text=f"figures/{name}").first.locator("a[iconname=information-circle]").click()
+            assert captions[name.removesuffix(".png")] in page.inner_text("body"), name
+        browser.close()
+
+
+@pytest.mark.workflow
+@needs_mnist
+def test_reruns_resume_and_a_failed_report_keeps_the_previous_one(tmp_path_factory):
+    """Issue #11: a changed setting reruns only its runs, a changed claim only the report; a run killed with
+    kill -9 resumes with the same command once its stale lock is gone; a report that fails leaves the
+    previously published report in place."""
+    repo, work = tmp_path_factory.mktemp("repo"), tmp_path_factory.mktemp("work")
+    for name in ("Snakefile", "common", "papers", "workflow", "config", "pyproject.toml"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, repo / name)
+    spec_path = repo / "papers" / "gradient_dropping" / "experiments.yaml"
+    good = spec_path.read_text()
+    base = [SNAKEMAKE, "-s", str(repo / "Snakefile"), "-d", str(work), "-c1", "--rerun-incomplete",
+            "reports/smoke/gradient_dropping", "--config", "scale=smoke"]
+
+    def dry_run_jobs(spec):
+        spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
+        out = subprocess.run(base + ["-n", "--quiet", "rules"], capture_output=True, text=True).stdout
+        return {line.split()[0]: int(line.split()[1]) for line in out.splitlines()
+                if len(line.split()) == 2 and line.split()[1].isdigit()}
+
+    run_workflow("gradient_dropping", work, snakefile=repo / "Snakefile")
+    published = work / "reports" / "smoke" / "gradient_dropping" / "claims.json"
+    before = published.read_text()
+    spec = yaml.safe_load(good)
+    smoke_settings = spec["scales"]["smoke"]["settings"]
+    changed = yaml.safe_load(good)
+    changed["settings"][smoke_settings[0]]["lr"] = 0.05
+    assert dry_run_jobs(changed).get("run") == len(spec["scales"]["smoke"]["seeds"])  # only that setting's runs
+    changed = yaml.safe_load(good)
+    changed["claims"][0]["margin"] = 0.123
+    assert "run" not in dry_run_jobs(changed) and dry_run_jobs(changed).get("report") == 1
+
+    # a report that fails (a claim's metric misspelt) keeps the published report
+    changed["claims"][0]["metric"] = "no_such_metric"
+    spec_path.write_text(yaml.safe_dump(changed, sort_keys=False))
+    assert subprocess.run(base, capture_output=True, text=True).returncode != 0
+    assert published.read_text() == before
+    spec_path.write_text(good)
+
+    # kill -9 in the middle of a run, then the same command resumes
+    shutil.rmtree(work / "results" / "smoke" / "gradient_dropping")
+    shutil.rmtree(work / "logs")
+    proc = subprocess.Popen(base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    log = work / "logs" / "smoke" / "gradient_dropping" / smoke_settings[0] / "seed0.log"
+    deadline = time.time() + 120
+    while not (log.exists() and "seed 0]" in log.read_text()) and time.time() < deadline:  # mid-run
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert any((work / ".snakemake" / "locks").iterdir())
+    unlock = subprocess.run([sys.executable, "-m", "common.workflow", "unlock-if-stale", str(work)], cwd=REPO,
+                            capture_output=True, text=True)
+    assert "stale" in unlock.stdout
+    run_workflow("gradient_dropping", work, "--rerun-incomplete", snakefile=repo / "Snakefile")
+    assert _accuracy_claims(published.read_text()) == _accuracy_claims(before)  # the same numbers (timings aside)
+
+
+def _accuracy_claims(claims_json: str) -> dict:
+    return {c["id"]: c["per_seed"] for c in json.loads(claims_json) if "acc" in c["metric"]}
 
 
 @pytest.mark.workflow
 @needs_mnist
 def test_compare_workflow(tmp_path):
     run_workflow("compare", tmp_path)
-    out = tmp_path / "reports" / "compare"
+    out = tmp_path / "reports" / "smoke" / "compare"
     check_report(out, ["curves_mnist", "final_accuracy", "partitions"])
     assert "fedprox" in (out / "tables" / "final_mnist.csv").read_text()
+
+
+def _slurm_up() -> bool:
+    try:
+        return subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10).stdout.strip() \
+            in ("idle", "mixed", "allocated")
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.workflow
+@needs_mnist
+@pytest.mark.skipif(not _slurm_up(), reason="no SLURM here (CI starts one: profiles/slurm/start-local-cluster.sh)")
+def test_slurm_profile_gives_the_local_results(tmp_path):
+    """The smoke workflow through profiles/slurm (each run a SLURM job, the SLURM executor plugin) gives the
+    same run records as the local run."""
+    local, cluster = tmp_path / "local", tmp_path / "slurm"
+    run_workflow("gradient_dropping", local)
+    proc = subprocess.run([SNAKEMAKE, "-s", str(REPO / "Snakefile"), "-d", str(cluster), "--profile",
+                           str(REPO / "profiles" / "slurm"), "reports/smoke/gradient_dropping", "--config",
+                           "scale=smoke"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "submitted with SLURM jobid" in proc.stdout + proc.stderr
+    records = sorted((local / "results").rglob("seed*.json"))
+    assert records
+    for path in records:
+        a, b = json.loads(path.read_text()), json.loads((cluster / path.relative_to(local)).read_text())
+        keep = lambda h: {k: v for k, v in h.items() if "time" not in k}  # noqa: E731  (wall clock differs)
+        assert [keep(h) for h in a["history"]] == [keep(h) for h in b["history"]], path
+        assert {k: v for k, v in a["summary"].items() if "acc" in k or "bytes" in k} == \
+               {k: v for k, v in b["summary"].items() if "acc" in k or "bytes" in k}, path

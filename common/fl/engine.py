@@ -14,6 +14,7 @@ Methods are found by name through `@register_method`.
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -224,7 +225,8 @@ def run_federated(cfg, seed: int, record: RunRecord, method_cls: type[Method] | 
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     down_total = up_total = 0
     start = time.perf_counter()
-    bar = tqdm(range(1, cfg.rounds + 1), desc=f"{method.name} seed {seed}", mininterval=5, leave=False)
+    bar = tqdm(range(1, cfg.rounds + 1), desc=f"{method.name} seed {seed}", mininterval=5, leave=False,
+               disable=not sys.stderr.isatty())  # in a log, record.log's line per round is the progress
     for r in bar:
         clients = sample_clients(cfg.n_clients, cfg.clients_per_round, seed, r)
         update = method.client_update(state, clients, r)
@@ -241,8 +243,6 @@ def run_federated(cfg, seed: int, record: RunRecord, method_cls: type[Method] | 
                        lr=cfg.lr * cfg.lr_decay ** (r - 1), bytes_down=down_total, bytes_up=up_total,
                        time_s=time.perf_counter() - start)
             bar.set_postfix(acc=f"{metrics['test_acc']:.4f}")
-            tqdm.write(f"[{method.name} seed {seed}] round {r}/{cfg.rounds} " +
-                       " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     accs = np.array([h["test_acc"] for h in record.history], dtype=float)
     accs = accs[~np.isnan(accs)]  # a method may skip the global test in some rounds
     record.bytes_sent = down_total + up_total

@@ -1,5 +1,6 @@
-# The two rules every paper shares: one job per run (setting x seed), then the report from all its runs.
-# Both call the paper's own CLI, so each step also runs without Snakemake.
+# The rules every paper shares: a job per run (setting x seed), the report built from its runs and compared with
+# the published one, then published. Each calls the paper's own CLI, so every step also runs without Snakemake.
+# Paths: see common/workflow.py.
 
 
 wildcard_constraints:
@@ -13,34 +14,76 @@ rule run:
         f"results/{SCALE}/{{paper}}/{{setting}}/seed{{seed}}.json",
     log:
         f"logs/{SCALE}/{{paper}}/{{setting}}/seed{{seed}}.log",
+    params:
+        py=sys.executable,
+        scale=SCALE,
+        # params triggers: a changed setting or run code reruns the runs it affects
+        settings=lambda wc: wf.run_settings(wc.paper, SCALE, wc.setting),
+        code=lambda wc: wf.run_code(wc.paper),
     threads: config["threads_per_run"]
+    resources:
+        gpu=1 if SCALE == "paper" else 0,  # the paper scale is for a GPU (SLURM: --gpus=1)
+    conda:
+        "../envs/replications.yaml"
     shell:
-        "{PY} -m papers.{wildcards.paper} run --scale {SCALE} --setting {wildcards.setting}"
-        " --seed {wildcards.seed} --threads {threads} --out {output} > {log} 2>&1"
+        "{params.py} -m papers.{wildcards.paper} run --scale {params.scale} --setting {wildcards.setting}"
+        " --seed {wildcards.seed} --threads {threads} --out {output} 2>&1 | tee {log}"
 
 
 rule report:
     input:
-        lambda wc: run_records(wc.paper),
+        lambda wc: wf.run_records(wc.paper, SCALE, SEEDS),
+    output:
+        directory(f"results/{SCALE}/{{paper}}/report"),
+    log:
+        f"logs/{SCALE}/{{paper}}/report.log",
+    params:
+        py=sys.executable,
+        scale=SCALE,
+        results=lambda wc: f"results/{SCALE}/{wc.paper}",
+        published=lambda wc: wf.report_dir(wc.paper, SCALE),
+        inputs=lambda wc: wf.report_inputs(wc.paper),  # a changed claim or figure code rebuilds the report
+    conda:
+        "../envs/replications.yaml"
+    shell:
+        "({params.py} -m papers.{wildcards.paper} report --scale {params.scale} --results {params.results}"
+        " --out {output} && {params.py} -m common.reproduce {output} {params.published}) 2>&1 | tee {log}"
+
+
+rule publish:
+    input:
+        f"results/{SCALE}/{{paper}}/report",
     output:
         report(
-            directory("reports/{paper}"),
-            patterns=["figures/{name}.png"],
-            caption=os.path.join(REPO, "workflow", "report", "figure.rst"),
+            directory(wf.report_dir("{paper}", SCALE)),
+            patterns=["figures/{name}.png", "tables/{name}.csv"],
+            caption="../report/figure.rst",
             category="{paper}",
         ),
     log:
-        f"logs/{SCALE}/{{paper}}/report.log",
+        f"logs/{SCALE}/{{paper}}/publish.log",
+    params:
+        captions=lambda wc: wf.captions(f"results/{SCALE}/{wc.paper}/report"),
+    localrule: True
+    conda:
+        "../envs/replications.yaml"
     shell:
-        "{PY} -m papers.{wildcards.paper} report --scale {SCALE} --results results/{SCALE}/{wildcards.paper}"
-        " --out {output} > {log} 2>&1"
+        "(rm -rf {output}.tmp && cp -r {input} {output}.tmp && rm -rf {output} && mv {output}.tmp {output}"
+        " && echo published {output}) 2>&1 | tee {log}"
 
 
 rule index:
     input:
-        # the reports that exist (regenerate one with `snakemake reports/<paper>` first)
+        # the published reports that exist (publish one with `snakemake reports/<paper>` first)
         lambda wc: [f"reports/{p}/claims.json" for p in PAPERS if os.path.exists(f"reports/{p}/claims.json")],
     output:
         "reports/README.md",
+    log:
+        "logs/index.log",
+    params:
+        py=sys.executable,
+    localrule: True
+    conda:
+        "../envs/replications.yaml"
     shell:
-        "{PY} -m common.index"
+        "{params.py} -m common.index 2>&1 | tee {log}"

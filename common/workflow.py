@@ -1,0 +1,172 @@
+"""What the Snakefile needs, as plain functions (so the rules stay thin and this is testable).
+
+Paths (the scale is in every path but the committed one):
+    results/<scale>/<paper>/<setting>/seed<k>.json   one run record per job
+    results/<scale>/<paper>/report/                   the report as built from those records
+    reports/<paper>/                                  the published quick report (committed)
+    reports/<scale>/<paper>/                          the published smoke or paper report (not committed)
+The report is built under results/ and compared with the published one (common.reproduce), then `publish`
+moves it into place, so a failed build or another scale never touches the committed report.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from common import experiments
+
+REPO = Path(__file__).resolve().parent.parent
+PUBLISHED_SCALE = "quick"   # the scale whose reports are committed as reports/<paper>/
+# code a run depends on (a change reruns the runs); the report code (figures.py, report.py, plots.py) only
+# reruns the report
+RUN_CODE = ["common/*.py", "common/fl/*.py"]
+NOT_RUN_CODE = {"common/report.py", "common/plots.py", "common/index.py", "common/validate.py",
+                "common/workflow.py", "common/reproduce.py"}
+
+
+def fail(message: str) -> None:
+    """A user error, before any job: one line, no traceback, nothing written."""
+    print("error: " + " ".join(message.split()), file=sys.stderr)
+    sys.exit(2)
+
+
+def config_file(path: str) -> str:
+    """The workflow's config file, checked to be YAML first (Snakemake's own message would not say where)."""
+    try:
+        yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        fail(f"{path} is not valid YAML{f' at line {mark.line + 1}' if mark else ''}: fix the workflow config file")
+    return path
+
+
+def check_config(config: dict, schema_path: str) -> None:
+    """The workflow config against its JSON schema, with the offending key named (before Snakemake's own
+    validate, which fills the defaults)."""
+    import jsonschema
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(config))
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "config"
+        fail(f"workflow config: {where}: {error.message}; see {Path(schema_path).relative_to(REPO)} for every key "
+             "and its allowed values")
+
+
+def setup_environment(config: dict, basedir: str) -> None:
+    """Every job imports the repository's code and reads the one data root: PYTHONPATH and, unless the user set
+    it, REPLICATIONS_DATA from the config's data_root (relative to the repository)."""
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (basedir, os.environ.get("PYTHONPATH")) if p)
+    if config.get("data_root") and not os.environ.get("REPLICATIONS_DATA"):
+        os.environ["REPLICATIONS_DATA"] = os.path.join(basedir, os.path.expanduser(config["data_root"]))
+
+
+def papers() -> list[str]:
+    return sorted(p.name for p in (REPO / "papers").iterdir() if (p / "experiments.yaml").exists())
+
+
+def parse_seeds(value):
+    """`--config seeds=[0,1]` reaches the config as ['0', '1'] and `seeds=0,1` as '0,1': read the items as YAML
+    scalars, so integers become ints (anything else is left for the schema to reject by name)."""
+    if isinstance(value, str):
+        value = value.strip("[]").split(",") if value.strip("[] ") else []
+    if isinstance(value, list):
+        return [yaml.safe_load(v) if isinstance(v, str) and v.strip() else v for v in value]
+    return [value] if isinstance(value, int) else value
+
+
+def report_dir(paper: str, scale: str) -> str:
+    return f"reports/{paper}" if scale == PUBLISHED_SCALE else f"reports/{scale}/{paper}"
+
+
+def target_papers(argv: list[str], scale: str) -> list[str]:
+    """The papers the command line asks for (all of them when no target names one). A target
+    reports/<paper> at another scale than the committed one is a user error: it would mean the committed
+    report."""
+    known = papers()
+    named = []
+    for arg in argv:
+        parts = arg.strip("/").split("/")
+        if parts[0] == "reports" and len(parts) == 2 and parts[1] in known and scale != PUBLISHED_SCALE:
+            fail(f"reports/{parts[1]} is the committed {PUBLISHED_SCALE} report; the {scale} report is "
+                 f"reports/{scale}/{parts[1]}: run snakemake reports/{scale}/{parts[1]} --config scale={scale}")
+        if parts[0] == "reports" and len(parts) >= 2 and parts[-1] not in known and parts[-1] != "README.md":
+            fail(f"unknown paper {parts[-1]!r} in {arg}; known: {', '.join(known)}")
+        named += [p for p in parts[1:] if p in known] if parts[0] in ("reports", "results") else []
+    return sorted(set(named)) or known
+
+
+def check_before_running(paper_list: list[str], scale: str) -> None:
+    """Every setting, claim and data set of the requested papers at this scale (common.validate)."""
+    proc = subprocess.run([sys.executable, "-m", "common.validate", "--scale", scale, *paper_list], cwd=REPO,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    if proc.returncode:
+        fail(proc.stderr.strip().removeprefix("error: ") or f"the check of {paper_list} failed")
+
+
+def code_hash(patterns: list[str], exclude: set[str] = frozenset()) -> str:
+    h = hashlib.sha1()
+    for pattern in patterns:
+        for path in sorted(REPO.glob(pattern)):
+            rel = str(path.relative_to(REPO))
+            if rel not in exclude:
+                h.update(rel.encode() + path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def run_code(paper: str) -> str:
+    """Hash of the code a run of `paper` executes: its folder but figures.py, and common/ but the report code."""
+    paper_files = [f"papers/{paper}/*.py"]
+    return code_hash(RUN_CODE + paper_files, NOT_RUN_CODE | {f"papers/{paper}/figures.py"})
+
+
+def run_settings(paper: str, scale: str, setting: str) -> str:
+    """The resolved overrides of one run, as JSON: a changed setting reruns its runs (a params trigger)."""
+    return json.dumps(experiments.resolve(paper, scale, setting), sort_keys=True)
+
+
+def report_inputs(paper: str) -> str:
+    """Hash of what the report reads besides the run records: experiments.yaml and the report code."""
+    return code_hash([f"papers/{paper}/experiments.yaml", f"papers/{paper}/figures.py", "common/report.py",
+                      "common/plots.py"])
+
+
+def run_records(paper: str, scale: str, seeds: list[int] | None) -> list[str]:
+    return [f"results/{scale}/{paper}/{run}.json" for run in experiments.run_ids(paper, scale, seeds)]
+
+
+def captions(build: str) -> dict:
+    """The figures' own captions (written by common.report.Report) for Snakemake's HTML report."""
+    path = REPO / build / "captions.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def unlock_if_stale(workdir: str) -> bool:
+    """Remove Snakemake's lock in `workdir` when no Snakemake process runs there (a run killed with kill -9
+    leaves its lock behind; the same command then resumes). Returns whether a stale lock was removed."""
+    locks = Path(workdir, ".snakemake", "locks")
+    if not locks.exists() or not any(locks.iterdir()):
+        return False
+    here = Path(workdir).resolve()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            if any(b"snakemake" in part for part in cmd[:2]) and Path(os.readlink(proc / "cwd")) == here:
+                return False
+        except OSError:
+            continue
+    for lock in locks.iterdir():
+        lock.unlink()
+    return True
+
+
+if __name__ == "__main__":
+    # `python -m common.workflow unlock-if-stale [DIR]` (the Makefile runs it before every report)
+    if sys.argv[1:2] == ["unlock-if-stale"] and unlock_if_stale(sys.argv[2] if len(sys.argv) > 2 else "."):
+        print("removed a stale Snakemake lock (no Snakemake runs here): resuming")
