@@ -143,7 +143,7 @@ def run_records(paper: str, scale: str, seeds: list[int] | None) -> list[str]:
 
 def captions(build: str) -> dict:
     """The figures' own captions (written by common.report.Report) for Snakemake's HTML report."""
-    path = REPO / build / "captions.json"
+    path = Path(build) / "captions.json"  # relative to Snakemake's working directory
     return json.loads(path.read_text()) if path.exists() else {}
 
 
