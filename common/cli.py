@@ -2,6 +2,7 @@
 
     python -m papers.<paper> run --scale quick --setting <name> --seed 0 --out results/quick/<paper>/<name>/seed0.json
     python -m papers.<paper> run --scale smoke --setting <name> --set lr=0.05 --out /tmp/x.json
+    python -m papers.<paper> run --scale paper --setting <name> --device cuda --out ...   # auto | cpu | cuda[:N]
     python -m papers.<paper> report --scale quick --results results/quick/<paper> --out reports/<paper>
     python -m papers.<paper> runs --scale quick       # the run ids of a scale
     python -m papers.<paper> check --scale quick      # every setting builds, every data set is there and intact
@@ -22,7 +23,7 @@ from typing import Callable
 import torch
 import yaml
 
-from common import data, experiments
+from common import data, device, experiments
 from common.results import RunRecord, load_records, seed_everything
 from common.train import DivergenceError
 
@@ -94,7 +95,8 @@ def _progress(paper: str, scale: str, out: Path) -> str:
 
 def main(paper: str, config_cls, run_fn: Callable, report_fn: Callable, argv: list[str] | None = None) -> int:
     """`config_cls` is the paper's config dataclass, or a function of a run's overrides that returns one;
-    `run_fn(cfg, seed, record)` fills `record.history` / `record.summary` / `record.bytes_sent`;
+    `run_fn(cfg, seed, record, device)` runs on `device` and fills `record.history` / `record.summary` /
+    `record.bytes_sent`;
     `report_fn(results_dir, out_dir, scale)` writes the report."""
     parser = argparse.ArgumentParser(prog=f"python -m papers.{paper}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +106,7 @@ def main(paper: str, config_cls, run_fn: Callable, report_fn: Callable, argv: li
     run.add_argument("--seed", type=int, default=0, help="a non-negative integer")
     run.add_argument("--out", required=True, type=Path)
     run.add_argument("--threads", type=int, default=1, help="torch threads (Snakemake passes the job's)")
+    run.add_argument("--device", default="auto", help=f"{device.CHOICES} (auto: CUDA when present)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     rep = sub.add_parser("report", help="the report from the run records of a scale")
     rep.add_argument("--scale", default="quick", choices=experiments.SCALES)
@@ -126,15 +129,17 @@ def main(paper: str, config_cls, run_fn: Callable, report_fn: Callable, argv: li
                 raise experiments.ConfigError(f"--seed must be a non-negative integer, got {args.seed}")
             if args.threads < 1:
                 raise experiments.ConfigError(f"--threads must be >= 1, got {args.threads}")
+            dev = device.resolve(args.device)
             cfg = build(paper, config_cls, args.scale, args.setting, parse_sets(args.set))
             _check_writable(args.out)
             sys.stdout.reconfigure(line_buffering=True)  # per-round lines reach a redirected log as they happen
             torch.set_num_threads(args.threads)
             seed_everything(args.seed)
             record = RunRecord(paper=paper, setting=args.setting, seed=args.seed, scale=args.scale,
-                               config={k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
+                               config={k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+                               device=device.prepare(dev))
             start = time.perf_counter()
-            run_fn(cfg, args.seed, record)
+            run_fn(cfg, args.seed, record, dev)
             record.wall_time_s = time.perf_counter() - start
             record.save(args.out)
             print(f"[{paper}] {args.setting} seed {args.seed}: {record.wall_time_s:.0f} s. "

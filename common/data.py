@@ -21,6 +21,7 @@ import hashlib
 import io
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -85,15 +86,31 @@ class Dataset:
     def shape(self) -> tuple[int, int, int]:
         return tuple(self.x.shape[1:])
 
+    @property
+    def device(self) -> torch.device:
+        return self.x.device
+
+    @cached_property
+    def _mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-channel mean and std as [1, C, 1, 1] tensors on the data's device, built once."""
+        return tuple(torch.tensor(v, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+                     for v in (self.mean, self.std))
+
     def normalize(self, xb: torch.Tensor) -> torch.Tensor:
         """uint8 batch [B, C, H, W] -> float32, scaled to [0, 1] then standardised per channel."""
-        mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
+        mean, std = self._mean_std
         return (xb.float().div_(255.0) - mean) / std
 
     def subset(self, index: torch.Tensor | np.ndarray) -> "Dataset":
-        index = torch.as_tensor(index, dtype=torch.long)
+        index = torch.as_tensor(index, dtype=torch.long, device=self.device)
         return Dataset(self.name, self.split, self.x[index], self.y[index], self.mean, self.std,
+                       self.num_classes)
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        """The same images and labels on `device` (one copy; the run's batches are then cut there)."""
+        if torch.device(device) == self.device:
+            return self
+        return Dataset(self.name, self.split, self.x.to(device), self.y.to(device), self.mean, self.std,
                        self.num_classes)
 
 

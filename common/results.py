@@ -5,7 +5,7 @@ metrics, a summary of scalars, the wall time and the bytes communicated:
 
     {"paper": ..., "setting": ..., "seed": 0, "scale": "quick", "commit": "...", "config": {...},
      "history": [{"step": 10, "test_acc": 0.91, ...}, ...], "summary": {"final_test_acc": ...},
-     "wall_time_s": ..., "bytes_sent": ..., "created": "2026-..."}
+     "wall_time_s": ..., "bytes_sent": ..., "device": {"device": "cuda:0", "gpu": ..., ...}, "created": "2026-..."}
 """
 from __future__ import annotations
 
@@ -91,6 +91,7 @@ class RunRecord:
     bytes_sent: int = 0
     commit: str = field(default_factory=git_commit)
     threads: int = field(default_factory=torch.get_num_threads)
+    device: dict = field(default_factory=dict)    # common.device.prepare: the device, GPU, versions, determinism
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def log(self, **metrics) -> None:

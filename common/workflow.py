@@ -61,8 +61,11 @@ def check_config(config: dict, schema_path: str) -> None:
 
 def setup_environment(config: dict, basedir: str) -> None:
     """Every job imports the repository's code and reads the one data root: PYTHONPATH and, unless the user set
-    it, REPLICATIONS_DATA from the config's data_root (relative to the repository)."""
+    it, REPLICATIONS_DATA from the config's data_root (relative to the repository). The device reaches the jobs
+    as REPLICATIONS_DEVICE, so it is no rerun trigger: the same seed gives the same numbers, up to float rounding,
+    on any device."""
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (basedir, os.environ.get("PYTHONPATH")) if p)
+    os.environ["REPLICATIONS_DEVICE"] = config.get("device", "auto")
     if config.get("data_root") and not os.environ.get("REPLICATIONS_DATA"):
         os.environ["REPLICATIONS_DATA"] = os.path.join(basedir, os.path.expanduser(config["data_root"]))
 
@@ -102,9 +105,11 @@ def target_papers(argv: list[str], scale: str) -> list[str]:
     return sorted(set(named)) or known
 
 
-def check_before_running(paper_list: list[str], scale: str) -> None:
-    """Every setting, claim and data set of the requested papers at this scale (common.validate)."""
-    proc = subprocess.run([sys.executable, "-m", "common.validate", "--scale", scale, *paper_list], cwd=REPO,
+def check_before_running(paper_list: list[str], scale: str, device: str | None = None) -> None:
+    """Every setting, claim and data set of the requested papers at this scale (common.validate), and the device
+    when given (the jobs run on this machine)."""
+    device_arg = ["--device", device] if device else []
+    proc = subprocess.run([sys.executable, "-m", "common.validate", "--scale", scale, *device_arg, *paper_list], cwd=REPO,
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     if proc.returncode:
         fail(proc.stderr.strip().removeprefix("error: ") or f"the check of {paper_list} failed")
@@ -135,6 +140,41 @@ def report_inputs(paper: str) -> str:
     """Hash of what the report reads besides the run records: experiments.yaml and the report code."""
     return code_hash([f"papers/{paper}/experiments.yaml", f"papers/{paper}/figures.py", "common/report.py",
                       "common/plots.py"])
+
+
+def gpus_per_run(config: dict) -> int:
+    """The GPUs a run job asks for (Snakemake's `gpu` resource; SLURM: --gpus): one when the device is CUDA, or
+    `auto` at the paper scale (made for a GPU); none otherwise."""
+    device = config.get("device", "auto")
+    return int(device.startswith("cuda") or (device == "auto" and config["scale"] == "paper"))
+
+
+def run_resources(paper: str, scale: str) -> dict:
+    """Memory (MB) and time limit (minutes) of one run job: `resources: {<scale>: {mem_mb, runtime}}` in the
+    paper's experiments.yaml, else 4000 MB and 120 minutes."""
+    own = (experiments.experiments(paper).get("resources") or {}).get(scale) or {}
+    return {"mem_mb": int(own.get("mem_mb", 4000)), "runtime": int(own.get("runtime", 120))}
+
+
+def paper_scale_estimate(paper_list: list[str], scale: str) -> str:
+    """What `benchmarks/paper_scale.py` measured for these papers (runs, hours per device), printed before a
+    paper-scale build starts; empty at other scales or when nothing was measured."""
+    path = REPO / "benchmarks" / "results" / "paper_scale.json"
+    if scale != "paper" or not path.exists():
+        return ""
+    measured = json.loads(path.read_text())
+    lines = []
+    for paper in paper_list:
+        rows = [r for r in measured.get("papers", []) if r["paper"] == paper]
+        costs = ", ".join(f"{r['device_hours']:.1f} h on {r['device_name']}"
+                          + (f" (+{r['runs_not_measured']} runs too slow to time there)" if r["runs_not_measured"] else "")
+                          for r in rows)
+        if rows:
+            lines.append(f"[{paper}] paper scale: {rows[0]['runs']} runs, about {costs} of device time "
+                         "(benchmarks/paper_scale.py; divide by the jobs run at once)")
+        else:
+            lines.append(f"[{paper}] paper scale: cost not measured yet (python benchmarks/paper_scale.py {paper})")
+    return "\n".join(lines)
 
 
 def run_records(paper: str, scale: str, seeds: list[int] | None) -> list[str]:

@@ -53,6 +53,8 @@ WORKFLOW = [  # snakemake <target> --config scale=smoke <extra>
     ("threads a word", ["reports/smoke/" + PAPER], ["threads_per_run=two"], "threads_per_run"),
     ("unknown config key", ["reports/smoke/" + PAPER], ["thread=2"], "thread"),
     ("data root a number", ["reports/smoke/" + PAPER], ["data_root=[1]"], "data_root"),
+    ("device unknown", ["reports/smoke/" + PAPER], ["device=tpu"], "device"),
+    ("device a GPU this machine lacks", ["reports/smoke/" + PAPER], ["device=cuda:99"], "cuda:99"),
     ("unknown paper", ["reports/smoke/nope"], [], "nope"),
     ("unknown paper, quick path", ["reports/fedfoo"], [], "fedfoo"),
     ("committed path at another scale", ["reports/" + PAPER], [], "committed"),
@@ -92,6 +94,8 @@ CLI = [  # python -m papers.<paper> ... (each writes nothing)
     ("cli report without records", ["report", "--results", "{tmp}/none", "--out", "{tmp}/reports/x"],
      "no run records"),
     ("cli unknown scale", ["run", "--scale", "huge", "--setting", "dense"], "huge"),
+    ("cli device unknown", ["run", "--setting", "dense", "--device", "gpu"], "device"),
+    ("cli device a GPU this machine lacks", ["run", "--setting", "dense", "--device", "cuda:99"], "cuda:99"),
 ]
 
 

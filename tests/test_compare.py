@@ -35,3 +35,22 @@ def test_convergence_flags_a_rising_curve():
     assert convergence(flat, "ref_x_full")["flat"]
     c = convergence(rising, "ref_x_full")
     assert not c["flat"] and c["late"] - c["before"] >= FLAT_PT and c["rounds"] == 100
+
+
+def test_a_run_hands_its_device_to_the_engine(monkeypatch):
+    """The comparison adds no tensors of its own: the engine runs every method on the device it is given (its
+    device tests guard the engine's methods; each paper's tests guard its own)."""
+    from common.fl import FLConfig
+    from common.results import RunRecord
+    from papers.compare import method
+
+    seen = []
+
+    def engine(cfg, seed, record, device):
+        seen.append(device)
+        record.history.append({"round": 1, "test_acc": 0.99})
+
+    monkeypatch.setattr(method, "run_federated", engine)
+    record = RunRecord("compare", "x", 0, "smoke", {})
+    method.run(FLConfig(dataset="mnist"), 0, record, "cuda:1")
+    assert seen == ["cuda:1"] and record.summary["rounds_to_target"] == 1.0

@@ -11,14 +11,17 @@ from common.data import Dataset
 from common.experiments import ConfigError, build_config
 from common.fl import Federation, run_federated
 from common.fl.aggregation import stack_states, weighted_average
+from common.models import build_model
 from common.partition import PARTITIONS, class_counts
 from common.results import RunRecord
 from papers.feddf.config import FedDFConfig
+from papers.feddf import method as feddf_method
 from papers.feddf.method import (NOISE_BATCH_SIZE, DistillationData, FedDF, HeteroFedAvg, HeteroFedDF, distill,
                                  distillation_loss, ensemble_logits, fit_images, noise_to_unit_range)
 from papers.feddf.partition import feddf_dirichlet_partition
 from papers.feddf.run import capped_rounds_to_target
 from tests.conftest import has_data
+from tests.device_guard import device_guard
 from tests.test_workflow import check_report, run_workflow
 
 
@@ -140,14 +143,25 @@ def test_distillation_images_are_fitted_and_noise_is_fresh():
     fitted = fit_images(grey, (3, 32, 32))
     assert fitted.shape == (2, 3, 32, 32) and torch.equal(fitted[:, 0, 2:30, 2:30], grey[:, 0])
     noise = DistillationData(None, noise_to_unit_range, (3, 4, 4), noise=True)
-    it = noise.batches(8, torch.Generator().manual_seed(0))
+    it = noise.batches(8, 2, torch.Generator().manual_seed(0))
     a, b = next(it), next(it)   # official random_data: batch 128, min-max scaled, mapped to [-1, 1]
     assert a.shape == (NOISE_BATCH_SIZE, 3, 4, 4) and a.min() == -1 and a.max() == 1 and not torch.equal(a, b)
 
 
+def test_noise_drawn_in_chunks_is_the_noise_drawn_batch_by_batch(monkeypatch):
+    shape = (1, 4, 4)
+    monkeypatch.setattr(feddf_method, "NOISE_CHUNK_BYTES", 2 * 4 * NOISE_BATCH_SIZE * 16)   # 2 batches
+    noise = DistillationData(None, noise_to_unit_range, shape, noise=True)
+    chunked = noise.batches(8, 5, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    one_by_one = [noise_to_unit_range(torch.randn(NOISE_BATCH_SIZE, *shape, generator=gen)) for _ in range(5)]
+    assert all(torch.equal(a, b) for a, b in zip(chunked, one_by_one, strict=True))
+
+
 def test_an_epoch_over_the_pool_keeps_its_short_last_batch():
     images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1)
-    it = DistillationData(images, lambda x: x.float(), (1, 1, 1), "none").batches(4, torch.Generator().manual_seed(0))
+    pool = DistillationData(images, lambda x: x.float(), (1, 1, 1), "none")
+    it = pool.batches(4, 3, torch.Generator().manual_seed(0))
     epoch = [next(it) for _ in range(3)]
     assert [len(b) for b in epoch] == [4, 4, 2]   # never padded: BatchNorm sees genuine images only
     assert sorted(torch.cat(epoch).view(-1).tolist()) == list(range(10))
@@ -212,8 +226,8 @@ def test_feddf_split_rejects_bad_alpha():
 
 # ------------------------------------------------------------------------ heterogeneous architectures
 
-def toy_federation(cfg, n=240):
-    """3-class 3x8x8 'images' whose label is readable from the pixels; a labelled server split."""
+def toy_federation(cfg, n=240, device="cpu"):
+    """3-class 3x8x8 'images' whose label is readable from the pixels; a labelled server split; on device."""
     gen = torch.Generator().manual_seed(0)
     y = torch.arange(n) % 3
     x = (torch.rand(n, 3, 8, 8, generator=gen) * 80 + 60 * y.view(n, 1, 1, 1)).to(torch.uint8)
@@ -221,7 +235,7 @@ def toy_federation(cfg, n=240):
     val = train.subset(torch.arange(200, 240))
     test = train.subset(torch.arange(0, 60))
     parts = [torch.arange(k, 200, cfg.n_clients) for k in range(cfg.n_clients)]
-    return Federation(cfg, 0, train, test, parts, None, val)
+    return Federation(cfg, 0, train.to(device), test.to(device), parts, None, val.to(device))
 
 
 def toy_cfg(**kw):
@@ -231,10 +245,16 @@ def toy_cfg(**kw):
     return FedDFConfig(**{**base, **kw})
 
 
-def run_toy(method_cls, cfg, monkeypatch):
-    """Run a toy federation with the toy images as the distillation pool (instead of CIFAR-100)."""
+def pool_from_task(monkeypatch, augmentation="none"):
+    """The toy images (on their device) as the distillation pool, instead of CIFAR-100."""
     monkeypatch.setattr(DistillationData, "for_config",
-                        classmethod(lambda cls, c, task, seed: cls(task.x, task.normalize, task.shape, "none")))
+                        classmethod(lambda cls, c, task, seed: cls(task.x, task.normalize, task.shape,
+                                                                   augmentation)))
+
+
+def run_toy(method_cls, cfg, monkeypatch):
+    """Run a toy federation with the toy images as the distillation pool."""
+    pool_from_task(monkeypatch)
     record = RunRecord("feddf", "t", 0, "smoke", {})
     return run_federated(cfg, 0, record, method_cls, toy_federation(cfg)), record
 
@@ -271,6 +291,69 @@ def test_feddf_round_logs_the_average_and_the_ensemble(monkeypatch):
     cfg = toy_cfg(method="feddf")
     _, record = run_toy(FedDF, cfg, monkeypatch)
     assert {"fedavg_test_acc", "ensemble_test_acc", "distill_best_step"} <= set(record.history[-1])
+
+
+# ------------------------------------------------------------------------------------------------- device
+
+ARCHS = ("linear", "mlp")
+ROUND_METHODS = {"feddf": (FedDF, {"method": "feddf"}),
+                 "feddf_noise": (FedDF, {"method": "feddf", "feddf_source": "noise"}),
+                 "feddf_keepstart": (FedDF, {"method": "feddf", "feddf_keep_start": True}),
+                 "feddf_hetero": (HeteroFedDF, {"method": "feddf_hetero", "feddf_archs": ARCHS}),
+                 "fedavg_hetero": (HeteroFedAvg, {"method": "fedavg_hetero", "feddf_archs": ARCHS})}
+STEPS, VAL_EVERY = 6, 3
+
+
+def toy_round_method(name, device, monkeypatch):
+    """A method of ROUND_METHODS on a toy federation on `device`, with flip+crop augmentation everywhere (the
+    clients, the distillation pool and the validation transform), and its start state."""
+    cls, kw = ROUND_METHODS[name]
+    cfg = toy_cfg(augment="flip_crop", feddf_steps=STEPS, feddf_val_every=VAL_EVERY, feddf_patience=2 * STEPS,
+                  **kw)
+    if cfg.feddf_source != "noise":
+        pool_from_task(monkeypatch, "flip_crop")
+    torch.manual_seed(0)   # every architecture is initialised on the CPU, then moved
+    method = cls(cfg, toy_federation(cfg, device=device), build_model(cfg.model, (3, 8, 8), 3).to(device))
+    return method, {k: v.detach().clone() for k, v in method.model.state_dict().items()}
+
+
+def one_round(method, state) -> dict:
+    """Local training of all four clients, aggregation and the server update: every server model after it."""
+    update = method.client_update(state, [0, 1, 2, 3], 1)
+    new = method.server_update(state, method.aggregate(state, update), update, 1)
+    return dict(getattr(method, "states", {method.cfg.model: new}))
+
+
+@pytest.mark.parametrize("name", ROUND_METHODS)
+def test_a_round_is_device_aware_and_reads_the_host_a_bounded_number_of_times(name, monkeypatch):
+    method, state = toy_round_method(name, "cpu", monkeypatch)
+    with device_guard() as counts:  # (Adam's reads of its CPU step counter are not counted)
+        one_round(method, state)
+    archs = len(getattr(method, "archs", [method.cfg.model]))
+    # local training: one divergence check per architecture's client_update (vectorised clients); distillation
+    # (each architecture a student): one read per validation (early stopping decides on it), + one per student
+    # for keep_start's scoring of the start, + one for all the students' losses when the phase ends (a
+    # .tolist(), which the guard does not count on the CPU); never one per step
+    distils = name != "fedavg_hetero"
+    bound = archs + distils * (archs * (STEPS // VAL_EVERY + method.cfg.feddf_keep_start) + 1)
+    assert counts["host_reads"] <= bound
+    with device_guard() as counts:
+        method.evaluate(state, 1)
+    # evaluation: accuracy and loss per model scored (FedDF: the distilled model and the average), + the
+    # ensemble's accuracy
+    assert counts["host_reads"] <= (5 if isinstance(method, FedDF) else 2 * archs)
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("name", ROUND_METHODS)
+def test_a_round_on_the_device_gives_the_cpu_models(name, device, monkeypatch):
+    cpu = one_round(*toy_round_method(name, "cpu", monkeypatch))
+    there = one_round(*toy_round_method(name, device, monkeypatch))
+    assert cpu.keys() == there.keys()
+    for arch, state in cpu.items():
+        for k, v in state.items():
+            assert there[arch][k].device.type == device
+            assert torch.allclose(there[arch][k].cpu().float(), v.float(), atol=1e-5), (arch, k)
 
 
 def test_rounds_to_target_is_capped_when_never_reached():

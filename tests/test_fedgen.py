@@ -1,7 +1,7 @@
 """FedGen: the generator's losses, the label-count weighting, where the regulariser's gradients go, the
 official data split and test splits, every Table-1 method for one round, the official loader kept across
-rounds, FedProx's weight decay, the test sets each protocol reads, the central reference, and a smoke run of
-the workflow."""
+rounds, FedProx's weight decay, the test sets each protocol reads, the central reference, every method on the
+run's device, and a smoke run of the workflow."""
 import json
 import math
 
@@ -18,9 +18,11 @@ from common.models import build_model
 from common.results import RunRecord
 from papers.fedgen.config import FedGenConfig
 from papers.fedgen.method import (METHOD_CLASSES, Central, ConditionalGenerator, FedGen, FedProxOfficial,
-                                  diversity_loss, fedgen_dirichlet_partition, label_weights, loader_batches,
-                                  qualified_labels, regulariser_weight, teacher_loss, user_test_splits)
+                                  class_counts, diversity_loss, fedgen_dirichlet_partition, generator_draws,
+                                  label_weights, loader_batches, qualified_labels, regulariser_weight,
+                                  teacher_loss, user_test_splits)
 from tests.conftest import needs_mnist
+from tests.device_guard import device_guard
 from tests.test_workflow import check_report, run_workflow
 
 
@@ -96,7 +98,7 @@ def test_generator_output_shape_and_conditioning():
 
 
 # ------------------------------------------------------------------ a tiny federation (no MNIST needed)
-def tiny_federation(cfg: FedGenConfig, n: int = 400) -> Federation:
+def tiny_federation(cfg: FedGenConfig, n: int = 400, device: str = "cpu") -> Federation:
     gen = torch.Generator().manual_seed(0)
     y = torch.arange(n) % 10
     x = (torch.rand(n, 1, 28, 28, generator=gen) * 60 + 15 * y.view(n, 1, 1, 1)).to(torch.uint8)
@@ -104,7 +106,7 @@ def tiny_federation(cfg: FedGenConfig, n: int = 400) -> Federation:
     test = Dataset("toy", "test", x[:200], y[:200], (0.3,), (0.3,), 10)
     parts = [torch.nonzero((y // 3) == (k % 4)).flatten() for k in range(cfg.n_clients)]   # label-skewed users
     parts = [p[k // 4::2] for k, p in enumerate(parts)]
-    return Federation(cfg, 0, train, test, parts, None, None)
+    return Federation(cfg, 0, train.to(device), test.to(device), parts, None, None)
 
 
 def tiny_config(**kw) -> FedGenConfig:
@@ -166,9 +168,9 @@ def test_generator_learns_what_the_heads_label():
     from common.fl.engine import ClientUpdate
     update = ClientUpdate([0, 1], heads, {}, torch.tensor([1.0, 1.0]), torch.zeros(2))
     method.label_counts = torch.full((K, C), 5)
-    before = method.generator_label_accuracy(update)
+    before = method.generator_label_accuracy(update).item()
     stats = method.train_generator(update, round_=1)
-    after = method.generator_label_accuracy(update)
+    after = method.generator_label_accuracy(update).item()
     assert after > before and after > 0.9 and stats["teacher"] > 0
 
 
@@ -327,3 +329,76 @@ def test_central_reference_trains_one_user_on_everything():
     assert method.cfg.local_steps == cfg.local_steps * cfg.clients_per_round   # a round: all its users' steps
     method.client_buffers[0] = {n: torch.full_like(b, 7.0) for n, b in model.named_buffers()}
     assert method.buffers_of(5) is method.client_buffers[0]              # every split read with its statistics
+
+
+# ------------------------------------------------------------------ devices
+def test_generator_draws_are_the_per_step_draws_of_the_cpu_generator():
+    """Drawn for the whole round at once, in the order the steps used to draw them (labels, then noise)."""
+    pos, eps = generator_draws(torch.Generator().manual_seed(5), 3, 4, 6, 2)
+    gen = torch.Generator().manual_seed(5)
+    for s in range(3):
+        assert torch.equal(pos[s], torch.randint(0, 4, (6,), generator=gen))
+        assert torch.equal(eps[s], torch.rand(6, 2, generator=gen))
+    assert generator_draws(gen, 0, 4, 6, 2)[0].shape == (0, 6)           # gen_steps = 0: no draws
+    y = torch.tensor([2, 0, 2, 2])
+    assert torch.equal(class_counts(y, 4), torch.bincount(y, minlength=4))
+
+
+def device_method(name: str, device: str):
+    """A Table-1 method on the tiny federation on `device` (its model initialised on the CPU), its state."""
+    cfg = tiny_config(method=name)
+    fed = tiny_federation(cfg, device=device)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, fed.train.shape, 10).to(device)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return METHOD_CLASSES[name](cfg, fed, model), state
+
+
+def play_round(method, state: dict, round_: int):
+    update = method.client_update(state, [0, 2, 5], round_)
+    return update, method.server_update(state, method.aggregate(state, update), update, round_)
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_CLASSES))
+def test_every_method_keeps_to_the_run_device_and_reads_it_once_per_round(name):
+    """Under the guard a tensor made without a device is on `meta` and mixing it in fails: two rounds
+    (FedGen's regulariser, with its in-loss draws, is on from the second), their evaluations and the latent
+    projection run, so every tensor they make is on the run's device (or deliberately on the CPU)."""
+    cfg = tiny_config(method=name)
+    fed = tiny_federation(cfg)
+    model = build_model(cfg.model, fed.train.shape, 10)
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    with device_guard() as counts:  # (Adam's reads of its CPU step counter are not counted)
+        method = METHOD_CLASSES[name](cfg, fed, model)
+        for r in (1, 2):
+            _, state = play_round(method, state, r)
+        # per round: the local training's divergence check (1, vectorised clients); FedGen's generator steps
+        # sum their losses on the device and read them, with the label accuracy, in one `.tolist()` (which the
+        # guard sees only on a GPU, as a copy); never per step. Two rounds:
+        assert counts["host_reads"] <= 2 * 1
+        for r in (1, 2):
+            method.evaluate(state, r)                                       # read with `.tolist()`, once
+        if name == "fedgen":
+            projection = method.latent_projection(state, n_real=50)
+            assert len(projection["generated"]) == 10 * cfg.latent_samples_per_label
+
+
+@pytest.mark.parametrize("device", ["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
+@pytest.mark.parametrize("name", sorted(METHOD_CLASSES))
+def test_a_round_on_the_device_gives_the_cpu_models(name, device):
+    """The batches and the generator's draws are made on the CPU, so round 1 (before FedGen's users draw noise
+    in their loss, from the device's RNG) gives the CPU's users, global model and generator up to rounding."""
+    results = []
+    for dev in ("cpu", device):
+        method, state = device_method(name, dev)
+        update, state = play_round(method, state, 1)
+        out = {**state, **{f"user.{n}": v for n, v in update.params.items()}}
+        if isinstance(method, FedGen):
+            out.update({f"generator.{n}": v for n, v in method.generator.state_dict().items()})
+        results.append((out, method.evaluate(state, 1)))
+    (cpu, cpu_metrics), (there, metrics) = results
+    assert cpu.keys() == there.keys()
+    for n, v in cpu.items():
+        assert there[n].device.type == device, n
+        torch.testing.assert_close(there[n].cpu(), v, atol=1e-4, rtol=1e-3, msg=n)
+    assert metrics["paper_loss"] == pytest.approx(cpu_metrics["paper_loss"], rel=1e-4)

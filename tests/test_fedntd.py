@@ -128,7 +128,7 @@ def test_local_penalty_is_beta_times_distillation_from_the_received_model(name, 
 def test_per_class_accuracy():
     logits = torch.eye(3)[[0, 1, 1, 2]]
     acc = per_class_accuracy(logits, torch.tensor([0, 1, 2, 2]), 4)
-    assert acc[:3].tolist() == [1.0, 1.0, 0.5] and torch.isnan(torch.tensor(acc[3]))
+    assert acc[:3].tolist() == [1.0, 1.0, 0.5] and torch.isnan(acc[3])
 
 
 def test_official_out_of_local_weights_classes_by_one_minus_share():
@@ -192,3 +192,61 @@ def test_vectorised_equals_sequential(name):
     cfg = toy_config(method="fedavg", vectorize=False, rounds=2, momentum=0.9)
     plain = run_federated(cfg, 0, RunRecord("t", "x", 0, "smoke", {}), fed=toy_federation(cfg)).final_state
     assert any(not torch.allclose(plain[n], states[1][n], atol=1e-4) for n in plain)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _toy_probed(name, device="cpu", **kw):
+    """A probed FedNTD / FedLSD on the engine tests' toy federation (6 clients, 3 classes), data on `device`."""
+    from dataclasses import replace
+
+    from papers.fedntd.method import probed
+    from tests.test_fl_engine import toy_federation
+
+    base = dict(method=name, model="linear", augment="none", n_clients=6, participation=0.5, rounds=2,
+                local_epochs=1, batch_size=8, lr=0.1, weight_decay=0.0, lr_decay=1.0, alpha=0.5, eval_every=1,
+                forget_every=1)
+    cfg = FedNTDConfig(**{**base, **kw})
+    fed = toy_federation(cfg)
+    fed = replace(fed, train=fed.train.to(device), test=fed.test.to(device))
+    return cfg, fed, probed(get_method(name))
+
+
+@pytest.mark.parametrize("name", ["fedntd", "fedlsd"])
+@pytest.mark.parametrize("vectorize", [True, False])
+def test_a_probed_round_makes_every_tensor_on_the_runs_device(name, vectorize):
+    """Under the guard a tensor made without the run's device fails. Host reads per round: the engine's
+    divergence check (1 vectorised, 1 per client sequential); the probe's and the evaluation's single reads
+    (per-class accuracies, accuracy and loss) are copies, which the guard counts only across devices."""
+    from tests.device_guard import device_guard
+
+    cfg, fed, cls = _toy_probed(name, vectorize=vectorize)
+    method = cls(cfg, fed, build_model("linear", fed.train.shape, 3))
+    state = {k: v.detach().clone() for k, v in method.model.state_dict().items()}
+    clients = [0, 2, 4]
+    with device_guard() as counts:
+        update = method.client_update(state, clients, 1)
+        new = method.server_update(state, method.aggregate(state, update), update, 1)
+        metrics = method.evaluate(new, 1)
+    assert {"out_before", "out_after", "official_out_after", "class_acc_2"} <= set(metrics)
+    assert counts["host_reads"] <= (1 if vectorize else len(clients))
+    assert counts["cross_device_copies"] == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["fedntd", "fedlsd"])
+def test_rounds_on_a_device_give_the_cpus_models(name, device):
+    from common.fl import run_federated
+    from common.results import RunRecord
+
+    runs = []
+    for dev in ("cpu", device):
+        cfg, fed, cls = _toy_probed(name, dev, momentum=0.9)
+        record = RunRecord("t", "x", 0, "smoke", {})
+        runs.append((run_federated(cfg, 0, record, cls, fed=fed), record))
+    (cpu, cpu_record), (other, record) = runs
+    assert all(torch.allclose(cpu.final_state[n], other.final_state[n].cpu(), atol=1e-5) for n in cpu.final_state)
+    assert all(v.device.type == device for v in other.final_state.values())
+    assert [sorted(h) for h in cpu_record.history] == [sorted(h) for h in record.history]
+    assert all(abs(a["in_after"] - b["in_after"]) < 1e-4 for a, b in zip(cpu_record.history, record.history))

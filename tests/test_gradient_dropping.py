@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
+from common.data import Dataset
 from common.models import MLP
 from common.results import RunRecord
 from papers.gradient_dropping import method
@@ -12,6 +13,7 @@ from papers.gradient_dropping.figures import layer_density_reading, modelled_tim
 from papers.gradient_dropping.method import (GradientDropper, dense_bytes, drop, dropping_ops, sampled_threshold,
                                              sparse_bytes, step_flops, train, worker_batches)
 from tests.conftest import needs_mnist
+from tests.device_guard import device_guard
 
 
 def test_exact_threshold_keeps_one_percent_of_distinct_values():
@@ -169,3 +171,44 @@ def test_training_is_deterministic_and_counts_bytes():
     assert a.summary["bytes_up"] == b.summary["bytes_up"]
     assert 35 < a.summary["upload_reduction"] < 60
     assert a.summary["mean_density"] == pytest.approx(0.01, abs=0.004)
+
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def _toy_run(threshold: str, device: str = "cpu", guard: bool = False):
+    """4 steps of 2 workers on 1x2x2 'images' of 3 classes, the first step dense (warm-up), evaluated twice;
+    returns the trained model's parameters and the guard's counts."""
+    gen = torch.Generator().manual_seed(0)
+    y = torch.arange(64) % 3
+    x = (torch.rand(64, 1, 2, 2, generator=gen) * 80 + 60 * y.view(64, 1, 1, 1)).to(torch.uint8)
+    data = Dataset("toy", "train", x, y, (0.5,), (0.25,), 3).to(device)
+    torch.manual_seed(0)
+    model = MLP(4, (8,), 3).to(device)
+    cfg = GradDropConfig(steps=4, eval_every=2, workers=2, batch_size=4, hidden=(8,), sample_size=20,
+                         drop_ratio=0.9, threshold=threshold, warmup_steps=1)
+    record = RunRecord("gd", "x", 0, "smoke", {})
+    counts = {}
+    if guard:
+        with device_guard() as counts:
+            method.simulate(cfg, model, data, data, data, gen, record)
+    else:
+        method.simulate(cfg, model, data, data, data, gen, record)
+    return {n: p.detach().cpu() for n, p in model.named_parameters()}, record, counts
+
+
+@pytest.mark.parametrize("threshold", ["global", "local"])
+def test_training_steps_read_nothing_back_from_the_device(threshold):
+    """Under the guard no tensor is made without the run's device; the host reads are evaluate's accuracy and
+    loss, 2 per evaluation (the ledger's one read per window is a copy, not counted on the CPU), none per step."""
+    _, record, counts = _toy_run(threshold, guard=True)
+    assert len(record.history) == 2 and counts["host_reads"] <= 2 * len(record.history)
+    assert counts["cross_device_copies"] == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_on_a_device_gives_the_cpus_model(device):
+    cpu, cpu_record, _ = _toy_run("global")
+    other, record, _ = _toy_run("global", device)
+    assert all(torch.allclose(cpu[n], other[n], atol=1e-5) for n in cpu)
+    assert record.summary["bytes_up"] == cpu_record.summary["bytes_up"]

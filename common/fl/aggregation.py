@@ -14,11 +14,11 @@ def unstack(stacked: dict, k: int) -> dict:
 
 
 def weighted_average(stacked: dict, weights: torch.Tensor) -> dict:
-    """sum_k weights[k] * t[k] for every tensor; integer tensors (BatchNorm's num_batches_tracked) are
+    """sum_k weights[k] * t[k] for every tensor (on the tensors' device; `weights` may be a CPU tensor); integer tensors (BatchNorm's num_batches_tracked) are
     averaged in float and rounded back to their dtype."""
     out = {}
     for n, t in stacked.items():
-        w = weights.view(-1, *[1] * (t.dim() - 1)).to(torch.float64 if not t.is_floating_point() else t.dtype)
+        w = weights.to(t.device, torch.float64 if not t.is_floating_point() else t.dtype).view(-1, *[1] * (t.dim() - 1))
         avg = (w * t.to(w.dtype)).sum(0)
         out[n] = avg if t.is_floating_point() else avg.round().to(t.dtype)
     return out

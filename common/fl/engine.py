@@ -64,7 +64,9 @@ class Federation:
     full_test: datasets.Dataset | None = None         # the whole official test split (final round)
 
     @classmethod
-    def build(cls, cfg, seed: int) -> "Federation":
+    def build(cls, cfg, seed: int, device: torch.device | str = "cpu") -> "Federation":
+        """Load, split and partition on the CPU (seeded draws), then move the data to `device` once; the
+        client index sets stay on the CPU, where each round's batch plan is drawn."""
         gen = torch.Generator().manual_seed(seed)
         train, full_test = datasets.load(cfg.dataset, "train"), datasets.load(cfg.dataset, "test")
         if cfg.train_subset:
@@ -86,7 +88,13 @@ class Federation:
         client_test = None
         if cfg.client_test_fraction:
             parts, client_test = split_clients(parts, train.y.numpy(), cfg.client_test_fraction, seed)
+        train, test, full_test, server_val = (d.to(device) if d is not None else None
+                                              for d in (train, test, full_test, server_val))
         return cls(cfg, seed, train, test, parts, client_test, server_val, full_test)
+
+    @property
+    def device(self) -> torch.device:
+        return self.train.device
 
     def use_full_test(self) -> None:
         """From now on `evaluate` reads the whole official test split (the final round's metrics)."""
@@ -95,7 +103,7 @@ class Federation:
 
     @property
     def sizes(self) -> torch.Tensor:
-        return torch.tensor([len(p) for p in self.parts], dtype=torch.float32)
+        return torch.tensor([len(p) for p in self.parts], dtype=torch.float32, device="cpu")
 
 
 @dataclass
@@ -105,8 +113,8 @@ class ClientUpdate:
     clients: list[int]
     params: dict
     buffers: dict
-    n_samples: torch.Tensor
-    loss: torch.Tensor
+    n_samples: torch.Tensor                           # [K] on the CPU
+    loss: torch.Tensor                                # [K] on the run's device
     extras: dict = field(default_factory=dict)
 
 
@@ -131,7 +139,7 @@ class Method:
 
     def local_penalty(self, params, x, y, w, logits, shared, mine):
         """A term added to the local cross-entropy (FedAvg: none)."""
-        return torch.zeros(())
+        return logits.new_zeros(())
 
     def round_context(self, state: dict, clients: list[int], round_: int) -> tuple[dict, dict]:
         """(shared, per-client) tensors the local loss needs this round; per-client ones are [K, ...]."""
@@ -148,18 +156,22 @@ class Method:
         params = {n: start[n] for n in self.param_names}
         buffers = {n: start[n] for n in self.buffer_names}
         plan = local.make_plan(self.fed.parts, clients, cfg, self.fed.seed, round_, self.fed.train.shape[-1])
+        plan = plan.to(self.fed.device)
         shared, mine = self.round_context(state, clients, round_)
         lr = cfg.lr * cfg.lr_decay ** (round_ - 1)
-        vectorized = cfg.vectorize and self.vectorizable and (not self.has_bn or plan.full_batches)
+        vectorized = cfg.vectorize and self.vectorizable and (not self.has_bn or plan.full_batches)  # host-side check
         train = local.train_vectorized if vectorized else local.train_sequential
         params, buffers, loss = train(self, self.model, params, buffers, self.fed.train, plan, lr, shared, mine)
-        sizes = torch.tensor([len(self.fed.parts[c]) for c in clients], dtype=torch.float32)
-        return ClientUpdate(clients, params, buffers, sizes, loss)
+        return ClientUpdate(clients, params, buffers, self.client_sizes(clients), loss)
+
+    def client_sizes(self, clients: list[int]) -> torch.Tensor:
+        """Training-set sizes of `clients`, a CPU tensor (aggregation weights are host-side metadata)."""
+        return torch.tensor([len(self.fed.parts[c]) for c in clients], dtype=torch.float32, device="cpu")
 
     # ------------------------------------------------------------------ server side
     def aggregation_weights(self, update: ClientUpdate) -> torch.Tensor:
         if self.cfg.weighting == "uniform":
-            return torch.full((len(update.clients),), 1.0 / len(update.clients))
+            return torch.full((len(update.clients),), 1.0 / len(update.clients), device="cpu")
         return update.n_samples / update.n_samples.sum()
 
     def aggregate(self, state: dict, update: ClientUpdate) -> dict:
@@ -212,15 +224,17 @@ class Method:
 def sample_clients(n_clients: int, per_round: int, seed: int, round_: int) -> list[int]:
     """The clients of a round: seeded by (seed, round) only, so every method sees the same ones."""
     gen = torch.Generator().manual_seed(seed * 100_003 + round_)
-    return sorted(torch.randperm(n_clients, generator=gen)[:per_round].tolist())
+    return sorted(torch.randperm(n_clients, generator=gen, device="cpu")[:per_round].tolist())
 
 
 def run_federated(cfg, seed: int, record: RunRecord, method_cls: type[Method] | None = None,
-                  fed: Federation | None = None) -> Method:
-    """The round loop: fills record.history (one row per evaluated round) and record.summary."""
+                  fed: Federation | None = None, device: torch.device | str = "cpu") -> Method:
+    """The round loop on `device` (or on `fed`'s, when given): fills record.history (one row per evaluated
+    round) and record.summary. The model is initialised on the CPU generator, then moved, so a seed starts
+    from the same weights on any device."""
     seed_everything(seed)
-    fed = fed or Federation.build(cfg, seed)
-    model = build_model(cfg.model, fed.train.shape, fed.train.num_classes)
+    fed = fed or Federation.build(cfg, seed, device)
+    model = build_model(cfg.model, fed.train.shape, fed.train.num_classes).to(fed.device)
     method = (method_cls or get_method(cfg.method))(cfg, fed, model)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     down_total = up_total = 0

@@ -5,4 +5,7 @@ from common.cli import main
 from papers.compare.figures import PAPER_ID, report
 from papers.compare.method import config_class, run
 
-sys.exit(main(PAPER_ID, config_class, run, report))
+ENTRY = (PAPER_ID, config_class, run, report)  # what common.cli.main runs (benchmarks/paper_scale.py reads it too)
+
+if __name__ == "__main__":
+    sys.exit(main(*ENTRY))

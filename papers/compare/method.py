@@ -8,6 +8,8 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from common import experiments
 from common.fl import METHODS, FLConfig, get_method, run_federated
 from common.fl.engine import rounds_to_target
@@ -34,8 +36,8 @@ def config_class(overrides: dict) -> type:
     return getattr(get_method(name), "config_cls", CompareConfig)
 
 
-def run(cfg: FLConfig, seed: int, record: RunRecord) -> None:
-    run_federated(cfg, seed, record)
+def run(cfg: FLConfig, seed: int, record: RunRecord, device: torch.device | str = "cpu") -> None:
+    run_federated(cfg, seed, record, device=device)
     target = experiments.experiments("compare")["targets"][cfg.dataset]
     record.summary["rounds_to_target"] = rounds_to_target(record.history, target)
     record.summary["target"] = target

@@ -6,4 +6,7 @@ from papers.feddf.config import FedDFConfig
 from papers.feddf.figures import PAPER_ID, report
 from papers.feddf.run import run
 
-sys.exit(main(PAPER_ID, FedDFConfig, run, report))
+ENTRY = (PAPER_ID, FedDFConfig, run, report)  # what common.cli.main runs (benchmarks/paper_scale.py reads it too)
+
+if __name__ == "__main__":
+    sys.exit(main(*ENTRY))

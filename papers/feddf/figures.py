@@ -164,7 +164,7 @@ def fig_partitions(records, scale: str):
         if rec is None:
             continue
         cfg = experiments.build_config(FedDFConfig, rec.config)
-        fed = Federation.build(cfg, rec.seed)
+        fed = Federation.build(cfg, rec.seed, "cpu")   # only the partition is needed: no device
         counts = class_counts(fed.parts, fed.train.y.numpy(), fed.train.num_classes)
         figs[name] = (plots.partition_heatmap(counts, f"FedDF's Dirichlet split (blocks of 10 clients), α = {cfg.alpha}, "
                                                       f"{cfg.n_clients} clients, seed {rec.seed}"),

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -61,7 +62,7 @@ def ensemble_logits(teachers: list[nn.Module], x: torch.Tensor, weights: torch.T
     if not teachers:
         raise ValueError("ensemble distillation needs at least one teacher model")
     if weights is None:
-        weights = torch.full((len(teachers),), 1.0 / len(teachers))
+        weights = torch.full((len(teachers),), 1.0 / len(teachers), device=x.device)
     out = 0.0
     for w, teacher in zip(weights, teachers):
         was_training = teacher.training
@@ -74,15 +75,23 @@ def ensemble_logits(teachers: list[nn.Module], x: torch.Tensor, weights: torch.T
 # ------------------------------------------------------------------------------------ distillation data
 
 NOISE_BATCH_SIZE = 128   # NoiseKTSolver's default batch_size: the random_data scheme's batch
+NOISE_CHUNK_BYTES = 64 * 2 ** 20   # noise is drawn and moved in chunks of at most this many bytes
+
+
+def moved(draws: list[dict[str, torch.Tensor]], sizes: list[int], device: torch.device) -> list[dict]:
+    """Per-batch draws made on the CPU (dicts with the same keys, batch s holding [sizes[s]] tensors) on
+    `device`: one copy per key for all the batches, split back into per-batch views."""
+    flat = {k: torch.cat([d[k] for d in draws]).to(device).split(sizes) for k in draws[0]}
+    return [{k: v[s] for k, v in flat.items()} for s in range(len(sizes))]
 
 
 class DistillationData:
     """Unlabelled images for the server: a pool of uint8 images [N, C, H, W] (CIFAR-100, Fashion-MNIST, ...)
     normalised with the pool's own mean/std (official `prepare_data.py`) and augmented like the clients'
-    data, or random noise."""
+    data, or random noise. Batches are made on the pool's device (noise: on `device`)."""
 
     def __init__(self, images: torch.Tensor | None, normalize: Callable, shape: tuple[int, int, int],
-                 augmentation: str = "flip_crop", noise: bool = False):
+                 augmentation: str = "flip_crop", noise: bool = False, device: torch.device | str = "cpu"):
         if not noise and (images is None or len(images) == 0):
             raise ValueError("no distillation data: the unlabelled pool is empty (set feddf_source / "
                              "feddf_source_size, or use feddf_source: noise)")
@@ -90,48 +99,72 @@ class DistillationData:
             raise ValueError(f"distillation images have shape {tuple(images.shape[1:])}, the task needs {tuple(shape)}")
         self.images, self.normalize, self.shape = images, normalize, tuple(shape)
         self.augmentation, self.noise = augmentation, noise
+        self.device = torch.device(device) if noise else images.device
 
     def __len__(self) -> int:
         return 0 if self.noise else len(self.images)
 
     @classmethod
     def for_config(cls, cfg, task: datasets.Dataset, seed: int) -> "DistillationData":
-        """The source named by cfg.feddf_source, fitted to the task's image shape [C, H, W]."""
+        """The source named by cfg.feddf_source, fitted to the task's image shape [C, H, W], on the task's
+        device (the pool is picked on the CPU and moved once)."""
         shape = task.shape
         if cfg.feddf_source == "noise":
-            return cls(None, noise_to_unit_range, shape, "none", noise=True)
+            return cls(None, noise_to_unit_range, shape, "none", noise=True, device=task.device)
         pool = datasets.load(*DISTILLATION_POOLS[cfg.feddf_source])
         images = fit_images(pool.x, shape)
         if cfg.feddf_source_size:
             if cfg.feddf_source_size > len(images):
                 raise ConfigError(f"feddf_source_size {cfg.feddf_source_size} exceeds the {len(images)} images of "
                                   f"{cfg.feddf_source}")
-            pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed + 17))
+            gen = torch.Generator().manual_seed(seed + 17)
+            pick = torch.randperm(len(images), generator=gen, device=gen.device)
             images = images[pick[:cfg.feddf_source_size]]
-        return cls(images, own_normalization(pool, shape[0]), shape, cfg.augment)
+        return cls(images.to(task.device), own_normalization(pool, shape[0], task.device), shape, cfg.augment)
 
-    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-        """Endless normalised batches [B, C, H, W]: shuffled epochs over the pool, each ending with its
-        shorter last batch (a DataLoader without drop_last), or fresh noise images of NOISE_BATCH_SIZE
-        (official `_create_data_randomly`: Gaussian noise min-max scaled per batch, then mapped to [-1, 1])."""
-        while True:
-            if self.noise:
-                yield self.normalize(torch.randn(NOISE_BATCH_SIZE, *self.shape, generator=generator))
-                continue
-            order = torch.randperm(len(self.images), generator=generator)
-            for i in range(0, len(order), batch_size):
-                idx = order[i:i + batch_size]
+    def batches(self, batch_size: int, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        """`steps` normalised batches [B, C, H, W] on the data's device: shuffled epochs over the pool, each
+        ending with its shorter last batch (a DataLoader without drop_last), or fresh noise images of
+        NOISE_BATCH_SIZE (official `_create_data_randomly`: Gaussian noise min-max scaled per batch, then
+        mapped to [-1, 1]). The draws are made on `generator` (the CPU), batch by batch as a per-step loop
+        would, so a seed gives the same batches on any device."""
+        if self.noise:
+            yield from self._noise_batches(steps, generator)
+        else:
+            yield from self._pool_batches(batch_size, steps, generator)
+
+    def _pool_batches(self, batch_size: int, steps: int,
+                      generator: torch.Generator) -> Iterator[torch.Tensor]:
+        """The phase's indices and augmentation are drawn at once and moved in one copy per tensor."""
+        draws = []
+        while len(draws) < steps:
+            order = torch.randperm(len(self.images), generator=generator, device=generator.device)
+            for idx in order.split(batch_size)[:steps - len(draws)]:
                 params = augment.draw(self.augmentation, (len(idx),), self.shape[-1], generator)
-                yield augment.apply(self.images[idx], self.normalize, params)
+                draws.append({"idx": idx, **params})
+        for params in moved(draws, [len(d["idx"]) for d in draws], self.device):
+            yield augment.apply(self.images[params.pop("idx")], self.normalize, params)
+
+    def _noise_batches(self, steps: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+        """Noise drawn in chunks of at most NOISE_CHUNK_BYTES (a whole phase can be gigabytes), each moved in
+        one copy."""
+        per_chunk = max(1, NOISE_CHUNK_BYTES // (4 * NOISE_BATCH_SIZE * math.prod(self.shape)))
+        for first in range(0, steps, per_chunk):
+            n = min(per_chunk, steps - first)
+            chunk = torch.stack([torch.randn(NOISE_BATCH_SIZE, *self.shape, generator=generator,
+                                             device=generator.device) for _ in range(n)])
+            for z in chunk.to(self.device):
+                yield self.normalize(z)
 
 
-def own_normalization(pool: datasets.Dataset, channels: int) -> Callable:
-    """The pool's own mean/std (official `prepare_data.py`: CIFAR-100's for CIFAR-100 images); when the pool
-    was converted to another channel count (grey <-> RGB, `fit_images`), its channel-averaged mean/std."""
+def own_normalization(pool: datasets.Dataset, channels: int, device: torch.device | str = "cpu") -> Callable:
+    """The pool's own mean/std (official `prepare_data.py`: CIFAR-100's for CIFAR-100 images), on `device`;
+    when the pool was converted to another channel count (grey <-> RGB, `fit_images`), its channel-averaged
+    mean/std."""
     mean, std = pool.mean, pool.std
     if len(mean) != channels:
         mean, std = (sum(mean) / len(mean),) * channels, (sum(std) / len(std),) * channels
-    mean, std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    mean, std = (torch.tensor(v, device=device).view(1, -1, 1, 1) for v in (mean, std))
     return lambda xb: (xb.float().div(255.0) - mean) / std
 
 
@@ -180,7 +213,8 @@ def distill(students: dict[str, nn.Module], teachers: list[nn.Module], batches: 
     `patience` steps without improvement or after `steps` steps; without, it runs `steps` steps and is
     returned as it ends. With `keep_start` the undistilled student is scored before distillation and, after
     it, replaces the best distilled student only if it scores strictly higher (the distilled one wins ties).
-    Students are modified in place."""
+    Students are modified in place. The steps never wait for the device: the losses stay device tensors, read
+    (and checked for divergence) once when distillation ends; each validation reads its accuracy once."""
     if not students:
         raise ValueError("distill needs at least one student")
     if not temperature > 0:
@@ -189,6 +223,7 @@ def distill(students: dict[str, nn.Module], teachers: list[nn.Module], batches: 
     scheds = {n: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=cosine_steps or steps) for n, o in opts.items()}
     logs = {n: DistillLog() for n in students}
     best = {n: None for n in students}
+    losses: dict[str, list[torch.Tensor] | None] = {n: None for n in students}   # see track_loss
     active = set(students)
 
     def check(name: str, step: int) -> None:
@@ -216,19 +251,16 @@ def distill(students: dict[str, nn.Module], teachers: list[nn.Module], batches: 
         for name in sorted(active):
             student, opt = students[name], opts[name]
             loss = distillation_loss(student(x), target, temperature)
-            check_finite(loss.detach(), f"distillation step {step} ({name})")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(student.parameters(), clip)
             opt.step()
             scheds[name].step()
-            log = logs[name]
-            log.steps = step
-            log.last_loss = loss.item()
-            if step == 1:
-                log.first_loss = log.last_loss
+            logs[name].steps = step
+            losses[name] = track_loss(losses[name], loss.detach())
             if validate is not None and step % val_every == 0:
                 check(name, step)
+    read_losses(logs, losses)
     for name, student in students.items():
         log = logs[name]
         if name in start and (best[name] is None or start[name][0] > log.best_val_acc):
@@ -237,6 +269,23 @@ def distill(students: dict[str, nn.Module], teachers: list[nn.Module], batches: 
         if validate is not None and best[name] is not None:
             student.load_state_dict(best[name])
     return logs
+
+
+def track_loss(track: list[torch.Tensor] | None, loss: torch.Tensor) -> list[torch.Tensor]:
+    """[first, last, running sum] of a student's losses as device tensors (the sum is finite iff every loss
+    is)."""
+    return [loss, loss, loss] if track is None else [track[0], loss, track[2] + loss]
+
+
+def read_losses(logs: dict[str, DistillLog], losses: dict[str, list[torch.Tensor] | None]) -> None:
+    """One device -> host read for every student's first and last loss; a diverged student raises."""
+    names = [n for n in logs if losses[n] is not None]
+    if not names:
+        return
+    values = torch.stack([torch.stack(losses[n]) for n in names]).tolist()
+    for name, (first, last, total) in zip(names, values):
+        check_finite(total, f"the distillation of {name}")
+        logs[name].first_loss, logs[name].last_loss = first, last
 
 
 def distillation_generator(seed: int, round_: int) -> torch.Generator:
@@ -273,25 +322,28 @@ class _ServerDistillation:
     @torch.no_grad()
     def validation_accuracy(self, model: nn.Module) -> float:
         """Accuracy on the server's labelled split, its images drawn through the clients' training transform
-        (the official validation split is a part of the training set and keeps its transform)."""
+        (the official validation split is a part of the training set and keeps its transform). The transform's
+        draws are made on the CPU and moved in one copy; one device -> host read."""
         val, batch = self.fed.server_val, self.cfg.eval_batch_size
+        sizes = [min(batch, len(val) - i) for i in range(0, len(val), batch)]
+        draws = [augment.draw(self.cfg.augment, (n,), val.shape[-1], self.val_generator) for n in sizes]
         was_training = model.training
         model.eval()
-        correct = 0
-        for i in range(0, len(val), batch):
-            x = val.x[i:i + batch]
-            params = augment.draw(self.cfg.augment, (len(x),), val.shape[-1], self.val_generator)
-            correct += (model(augment.apply(x, val.normalize, params)).argmax(1) == val.y[i:i + batch]).sum().item()
+        correct = val.y.new_zeros(())
+        for x, y, params in zip(val.x.split(sizes), val.y.split(sizes), moved(draws, sizes, val.device)):
+            correct += (model(augment.apply(x, val.normalize, params)).argmax(1) == y).sum()
         model.train(was_training)
-        return correct / len(val)
+        return correct.item() / len(val)
 
     def run_distillation(self, students: dict[str, nn.Module], teachers: list[nn.Module], round_: int) -> None:
         cfg = self.knobs
         use_val = cfg.feddf_select_on_val
         if use_val and (self.fed.server_val is None or len(self.fed.server_val) == 0):
             raise ConfigError("validation-based selection needs a server validation split (server_val_fraction > 0)")
+        generator = distillation_generator(self.fed.seed, round_)
+        batches = self.distill_data.batches(cfg.feddf_batch_size, cfg.feddf_steps, generator)
         self.distill_logs = distill(
-            students, teachers, self.distill_data.batches(cfg.feddf_batch_size, distillation_generator(self.fed.seed, round_)),
+            students, teachers, batches,
             steps=cfg.feddf_steps, cosine_steps=cfg.feddf_cosine_steps, lr=cfg.feddf_lr, temperature=cfg.feddf_temperature, clip=cfg.feddf_clip,
             val_every=cfg.feddf_val_every, patience=cfg.feddf_patience,
             validate=self.validation_accuracy if use_val else None, keep_start=cfg.feddf_keep_start)
@@ -308,12 +360,13 @@ class _ServerDistillation:
 
 @torch.no_grad()
 def ensemble_accuracy(teachers: list[nn.Module], data: datasets.Dataset, batch_size: int = 1000) -> float:
-    """Test accuracy of the teachers' averaged logits (the distillation target) on a labelled set."""
-    correct = 0
+    """Test accuracy of the teachers' averaged logits (the distillation target) on a labelled set, counted on
+    the data's device and read once."""
+    correct = data.y.new_zeros(())
     for i in range(0, len(data), batch_size):
         x = data.normalize(data.x[i:i + batch_size])
-        correct += (ensemble_logits(teachers, x).argmax(1) == data.y[i:i + batch_size]).sum().item()
-    return correct / max(1, len(data))
+        correct += (ensemble_logits(teachers, x).argmax(1) == data.y[i:i + batch_size]).sum()
+    return correct.item() / max(1, len(data))
 
 
 def client_models(method: Method, update: ClientUpdate) -> list[nn.Module]:
@@ -357,8 +410,9 @@ class HeteroFedAvg(Method):
         self.archs = list(getattr(cfg, "feddf_archs", ())) or [cfg.model]   # none given: one architecture
         self.arch_of = [self.archs[c * len(self.archs) // cfg.n_clients] for c in range(cfg.n_clients)]
         shape, classes = fed.train.shape, fed.train.num_classes
-        self.members = {a: Method(cfg, fed, model if a == cfg.model else build_model(a, shape, classes))
-                        for a in self.archs}
+        # another architecture is initialised on the CPU like the engine's model, then moved to the device
+        self.members = {a: Method(cfg, fed, model if a == cfg.model else
+                                  build_model(a, shape, classes).to(fed.device)) for a in self.archs}
         self.states = {a: {k: v.detach().clone() for k, v in m.model.state_dict().items()}
                        for a, m in self.members.items()}
         self.averaged: dict[str, dict] = {}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from common.fl.engine import rounds_to_target, run_federated
 from common.results import RunRecord
@@ -15,8 +16,8 @@ def capped_rounds_to_target(history: list[dict], target: float, rounds: int, key
     return found if np.isfinite(found) else float(rounds + 1)
 
 
-def run(cfg, seed: int, record: RunRecord) -> None:
-    run_federated(cfg, seed, record)
+def run(cfg, seed: int, record: RunRecord, device: torch.device | str = "cpu") -> None:
+    run_federated(cfg, seed, record, device=device)
     hist = record.history
     keys = ["test_acc"] + [f"test_acc_{a}" for a in cfg.feddf_archs if f"test_acc_{a}" in hist[-1]]
     for key in keys:

@@ -6,4 +6,7 @@ from papers.fedgen.config import FedGenConfig
 from papers.fedgen.figures import PAPER_ID, report
 from papers.fedgen.method import run
 
-sys.exit(main(PAPER_ID, FedGenConfig, run, report))
+ENTRY = (PAPER_ID, FedGenConfig, run, report)  # what common.cli.main runs (benchmarks/paper_scale.py reads it too)
+
+if __name__ == "__main__":
+    sys.exit(main(*ENTRY))

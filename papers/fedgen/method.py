@@ -19,6 +19,11 @@ Two evaluation protocols are logged every round (`OfficialProtocol.evaluate`):
   test_acc:  the standard one: the aggregated model (global parameters, BN statistics averaged over the
              round's users with the same size weights) on the test set: the engine's curve subset when
              `test_subset` is set, the full official test set at the final round.
+
+Device: the data, the models, the generator and every accumulator live on the run's device (`fed.device`). The
+batch plan and the generator's labels and noise are drawn on CPU generators (same draws on any device) and
+moved once per round; the noise and labels drawn inside the users' loss come from the global RNG of the
+tensors' device (CUDA's on a GPU). Statistics are read once per round (generator) or evaluation.
 """
 from __future__ import annotations
 
@@ -80,13 +85,13 @@ def user_test_splits(train_parts: list[torch.Tensor], train_y: torch.Tensor, tes
     pointer = [0] * num_classes
     out = []
     for part in train_parts:
-        held = torch.unique(train_y[part]).tolist()
+        held = torch.unique(train_y[part.to(train_y.device)]).tolist()
         chunks = []
         for c in held:
             n = len(by_label[c]) // n_users
             chunks.append(by_label[c][pointer[c]:pointer[c] + n])
             pointer[c] += n
-        out.append(torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.long))
+        out.append(torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.long, device=test_y.device))
     return out
 
 
@@ -96,11 +101,12 @@ def loader_batches(n: int, batch_size: int, start: int, steps: int, seed: int, u
     exhausted). Epoch e is a fresh permutation (seeded by run seed, epoch and user) cut to floor(n / B) whole
     batches, so a user's batches continue its epoch from one round to the next. A user with n < B, for which
     the official loader yields no batch at all, fills its batch from consecutive permutations.
-    Returns positions [steps, B] into the user's samples."""
+    Returns positions [steps, B] into the user's samples, on the CPU."""
     epoch_len = (n // batch_size) * batch_size or n
     first, last = start * batch_size, (start + steps) * batch_size
     epochs = range(first // epoch_len, -(-last // epoch_len))
-    stream = torch.cat([torch.randperm(n, generator=local.client_generator(seed, e, user))[:epoch_len] for e in epochs])
+    gens = [local.client_generator(seed, e, user) for e in epochs]
+    stream = torch.cat([torch.randperm(n, generator=g, device="cpu")[:epoch_len] for g in gens])
     offset = epochs[0] * epoch_len
     return stream[first - offset:last - offset].view(steps, batch_size)
 
@@ -121,9 +127,26 @@ class ConditionalGenerator(nn.Module):
         onehot = (y.unsqueeze(-1) == torch.arange(self.num_classes, device=y.device)).to(eps.dtype)  # [B, C]
         return self.out(self.hidden(torch.cat([eps, onehot], -1)))
 
-    def sample(self, y: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        eps = torch.rand(len(y), self.noise_dim, generator=generator)
+    def sample(self, y: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """G(y) with noise drawn from a CPU `generator` (the same draws on any device), moved to y's."""
+        eps = torch.rand(len(y), self.noise_dim, generator=generator, device="cpu").to(y.device)
         return self(y, eps), eps
+
+
+def generator_draws(gen: torch.Generator, steps: int, n_labels: int, batch: int, noise_dim: int):
+    """The server's draws for `steps` generator steps, made on the CPU `gen` in the order the steps use them
+    (label positions, then noise, per step): positions [S, B] into the qualified labels, eps [S, B, E]."""
+    pos = torch.empty(steps, batch, dtype=torch.long, device="cpu")
+    eps = torch.empty(steps, batch, noise_dim, device="cpu")
+    for s in range(steps):
+        pos[s] = torch.randint(0, n_labels, (batch,), generator=gen, device="cpu")
+        eps[s] = torch.rand(batch, noise_dim, generator=gen, device="cpu")
+    return pos, eps
+
+
+def class_counts(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """How often each label occurs in y [N] -> [C] int64 (as `torch.bincount`, without its device sync)."""
+    return (y.unsqueeze(-1) == torch.arange(num_classes, device=y.device)).sum(0)
 
 
 def diversity_loss(eps: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -193,7 +216,8 @@ class OfficialProtocol(Method):
 
     # -- users draw from their kept DataLoader iterators, and keep their BN statistics
     def make_plan(self, clients: list[int], round_: int) -> local.Plan:
-        """This round's `local_steps` batches of each sampled user (`loader_batches`), as an engine plan."""
+        """This round's `local_steps` batches of each sampled user (`loader_batches`), as an engine plan
+        drawn on the CPU and moved to the run's device in one copy."""
         cfg = self.cfg
         idx, aug = [], []
         for c in clients:
@@ -204,8 +228,10 @@ class OfficialProtocol(Method):
             aug.append(augment.draw(cfg.augment, tuple(pos.shape), self.fed.train.shape[-1],
                                     local.client_generator(self.fed.seed, round_, c)))
         idx = torch.stack(idx)                                                # [K, S, B]
-        return local.Plan(idx, torch.ones(idx.shape), torch.ones(idx.shape[:2], dtype=torch.bool),
+        plan = local.Plan(idx, torch.ones(idx.shape, device="cpu"),
+                          torch.ones(idx.shape[:2], dtype=torch.bool, device="cpu"),
                           {k: torch.stack([a[k] for a in aug]) for k in aug[0]})
+        return plan.to(self.fed.device)
 
     def client_update(self, state, clients, round_):
         """The engine's local SGD (`Method.client_update`) on the batches of `make_plan`; every batch is whole,
@@ -218,12 +244,12 @@ class OfficialProtocol(Method):
         params, buffers, loss = train(self, self.model, {n: start[n] for n in self.param_names},
                                       {n: start[n] for n in self.buffer_names}, self.fed.train, self.plan,
                                       cfg.lr * cfg.lr_decay ** (round_ - 1), shared, mine)
-        sizes = torch.tensor([len(self.fed.parts[c]) for c in clients], dtype=torch.float32)
-        return ClientUpdate(clients, params, buffers, sizes, loss)
+        return ClientUpdate(clients, params, buffers, self.client_sizes(clients), loss)
 
     def round_samples(self, k: int) -> torch.Tensor:
-        """Indices of the training samples user k of this round drew (all its batches, flattened)."""
-        return self.plan.idx[k][self.plan.active[k]].flatten()
+        """Indices of the training samples user k of this round drew (all its batches, flattened); the plan's
+        active steps are a prefix, counted on the host."""
+        return self.plan.idx[k, :self.plan.n_steps[k]].flatten()
 
     def buffers_of(self, c: int) -> dict:
         return self.client_buffers.get(c, self.initial_buffers)
@@ -240,8 +266,10 @@ class OfficialProtocol(Method):
     # -- evaluation
     @torch.no_grad()
     def logits(self, params: dict, buffers: dict, x: torch.Tensor) -> torch.Tensor:
+        if not len(x):
+            return x.new_zeros(0, self.fed.train.num_classes)
         return torch.cat([functional_call(self.eval_model, (params, buffers), (x[i:i + 4000],))
-                          for i in range(0, len(x), 4000)]) if len(x) else torch.zeros(0, self.fed.train.num_classes)
+                          for i in range(0, len(x), 4000)])
 
     def test_data(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The standard protocol's (x normalised, y): the engine's current test split (the curve subset when
@@ -255,27 +283,28 @@ class OfficialProtocol(Method):
     def user_params(self, state: dict, c: int) -> dict:
         return {n: state[n] for n in self.param_names}
 
-    def paper_accuracy(self, state: dict) -> tuple[float, float]:
+    def paper_accuracy(self, state: dict) -> torch.Tensor:
         """(accuracy, loss) pooled over all N users' label-restricted test splits, each user running
-        `user_params(state, c)` with its own BN statistics (`serverbase.evaluate`, `userbase.test`)."""
-        correct, loss, total = 0.0, 0.0, 0
+        `user_params(state, c)` with its own BN statistics (`serverbase.evaluate`, `userbase.test`).
+        A float64 tensor [2] on the device, summed in float64 (as Python floats were), read by the caller."""
+        sums, total = torch.zeros(2, dtype=torch.float64, device=self.user_test_y.device), 0   # correct, loss
         for c, idx in enumerate(self.user_tests):
             if len(idx) == 0:
                 continue
             out = self.logits(self.user_params(state, c), self.buffers_of(c), self.user_test_x[idx])
-            correct += (out.argmax(1) == self.user_test_y[idx]).sum().item()
-            loss += F.cross_entropy(out, self.user_test_y[idx], reduction="sum").item()
+            sums += torch.stack([(out.argmax(1) == self.user_test_y[idx]).sum().double(),
+                                 F.cross_entropy(out, self.user_test_y[idx], reduction="sum").double()])
             total += len(idx)
-        return correct / max(1, total), loss / max(1, total)
+        return sums / max(1, total)
 
     def evaluate(self, state, round_):
+        """Both protocols, read from the device in one go."""
         params = {n: state[n] for n in self.param_names}
         x, y = self.test_data()
         out = self.logits(params, self.round_buffers, x)
-        paper_acc, paper_loss = self.paper_accuracy(state)
-        metrics = {"test_acc": (out.argmax(1) == y).float().mean().item(),
-                   "test_loss": F.cross_entropy(out, y).item(),
-                   "paper_acc": paper_acc, "paper_loss": paper_loss}
+        standard = torch.stack([(out.argmax(1) == y).float().mean(), F.cross_entropy(out, y)]).double()
+        values = torch.cat([standard, self.paper_accuracy(state)]).tolist()
+        metrics = dict(zip(("test_acc", "test_loss", "paper_acc", "paper_loss"), values))
         return {**metrics, **self.extra_metrics}
 
 
@@ -314,17 +343,18 @@ class FedEnsemble(OfficialProtocol):
     def ensemble_logits(self, x: torch.Tensor) -> torch.Tensor:
         return sum(self.logits(self.members[c], self.buffers_of(c), x) for c in range(self.cfg.n_clients))
 
+    def ensemble_metrics(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(accuracy, loss) of the ensemble on (x, y), a tensor [2] on the device."""
+        out = self.ensemble_logits(x)
+        return torch.stack([(out.argmax(1) == y).float().mean(), F.cross_entropy(out, y)])
+
     def evaluate(self, state, round_):
         pooled = torch.cat(self.user_tests)
-        paper = self.ensemble_logits(self.user_test_x[pooled])
-        out = {"paper_acc": (paper.argmax(1) == self.user_test_y[pooled]).float().mean().item(),
-               "paper_loss": F.cross_entropy(paper, self.user_test_y[pooled]).item(),
-               "test_acc": float("nan"), "test_loss": float("nan")}
+        metrics = [self.ensemble_metrics(self.user_test_x[pooled], self.user_test_y[pooled])]
         if round_ % 10 == 0 or round_ == self.cfg.rounds:   # N forward passes of the test set: costly
-            x, y = self.test_data()
-            full = self.ensemble_logits(x)
-            out.update(test_acc=(full.argmax(1) == y).float().mean().item(), test_loss=F.cross_entropy(full, y).item())
-        return out
+            metrics.append(self.ensemble_metrics(*self.test_data()))
+        values = torch.cat(metrics).tolist() + [float("nan")] * (4 - 2 * len(metrics))   # one read
+        return dict(zip(("paper_acc", "paper_loss", "test_acc", "test_loss"), values))
 
 
 # ---------------------------------------------------------------------------------------------- FedDistill
@@ -342,8 +372,8 @@ class FedDistill(OfficialProtocol):
     def __init__(self, cfg, fed, model):
         super().__init__(cfg, fed, model)
         C = fed.train.num_classes
-        self.logit_sums = torch.zeros(cfg.n_clients, C, C)
-        self.logit_counts = torch.ones(cfg.n_clients, C)
+        self.logit_sums = torch.zeros(cfg.n_clients, C, C, device=fed.device)
+        self.logit_counts = torch.ones(cfg.n_clients, C, device=fed.device)
         self.global_logits: torch.Tensor | None = None
         init = {n: p.detach().clone() for n, p in model.named_parameters()}
         self.client_params: dict[int, dict] = {c: init for c in range(cfg.n_clients)}
@@ -358,7 +388,7 @@ class FedDistill(OfficialProtocol):
 
     def local_penalty(self, params, x, y, w, logits, shared, mine):
         if "global_logits" not in shared:
-            return torch.zeros(())
+            return logits.new_zeros(())
         target = F.softmax(shared["global_logits"][y], -1)                  # [B, C]
         kl = (torch.special.xlogy(target, target) - target * F.log_softmax(logits, -1)).sum(-1)
         return self.cfg.distill_weight * (kl * w).sum() / w.sum().clamp_min(1.0)
@@ -373,8 +403,9 @@ class FedDistill(OfficialProtocol):
             out = self.logits({n: update.params[n][k] for n in self.param_names},
                               {n: update.buffers[n][k] for n in self.buffer_names}, x)
             self.logit_sums[c].index_add_(0, y, out)
-            self.logit_counts[c] += torch.bincount(y, minlength=len(self.logit_counts[c])).float()
-        means = self.logit_sums[clients] / self.logit_counts[clients].unsqueeze(-1)   # [K, C, C]
+            self.logit_counts[c] += class_counts(y, self.logit_counts.shape[1]).float()
+        rows = torch.tensor(clients, device=self.logit_sums.device)
+        means = self.logit_sums[rows] / self.logit_counts[rows].unsqueeze(-1)   # [K, C, C]
         self.global_logits = means.mean(0)
         return update
 
@@ -390,15 +421,17 @@ class FedDistill(OfficialProtocol):
     def evaluate(self, state, round_):
         if self.share_model:
             return super().evaluate(state, round_)
-        paper_acc, paper_loss = self.paper_accuracy(state)
-        metrics = {"paper_acc": paper_acc, "paper_loss": paper_loss, "test_acc": float("nan"), "test_loss": float("nan")}
+        values = self.paper_accuracy(state)
         if round_ % 10 == 0 or round_ == self.cfg.rounds:
             # no global model: the standard number is the users' own models on the test set, averaged
             x, y = self.test_data()
-            accs = [(self.logits(self.client_params[c], self.buffers_of(c), x).argmax(1) == y).float().mean().item()
+            hits = [self.logits(self.client_params[c], self.buffers_of(c), x).argmax(1) == y
                     for c in range(self.cfg.n_clients)]
-            metrics["test_acc"] = float(np.mean(accs))
-        return metrics
+            accs = torch.stack([h.float().mean() for h in hits])
+            values = torch.cat([values, accs.double()])
+        paper_acc, paper_loss, *accs = values.tolist()   # one read
+        return {"paper_acc": paper_acc, "paper_loss": paper_loss,
+                "test_acc": float(np.mean(accs)) if accs else float("nan"), "test_loss": float("nan")}
 
     def message_bytes(self, state):
         C = self.fed.train.num_classes
@@ -426,12 +459,14 @@ class FedGen(OfficialProtocol):
             raise ConfigError("FedGen needs a model split into `features` (latent) and `classifier` (last layer)")
         C, D = fed.train.num_classes, model.classifier.in_features
         torch.manual_seed(fed.seed)
-        self.generator = ConditionalGenerator(C, cfg.gen_noise_dim, cfg.gen_hidden, D)
+        with torch.device("cpu"):     # initialised on the CPU (the same G on any device), then moved
+            generator = ConditionalGenerator(C, cfg.gen_noise_dim, cfg.gen_hidden, D)
+        self.generator = generator.to(fed.device)
         self.gen_optimizer = torch.optim.Adam(self.generator.parameters(), lr=cfg.gen_lr, betas=(0.9, 0.999),
                                               eps=1e-8, weight_decay=cfg.gen_weight_decay)
         self.gen_scheduler = torch.optim.lr_scheduler.ExponentialLR(self.gen_optimizer, gamma=cfg.gen_lr_decay)
         # `available_labels`: every label of the union of the users' training data
-        self.available = torch.unique(torch.cat([fed.train.y[p] for p in fed.parts]))
+        self.available = torch.unique(fed.train.y[torch.cat(fed.parts).to(fed.device)])
         self.alpha_t = self.beta_t = 0.0
         self.label_counts: torch.Tensor | None = None
 
@@ -451,8 +486,9 @@ class FedGen(OfficialProtocol):
         return shared, {}
 
     def generate(self, shared: dict, y: torch.Tensor) -> torch.Tensor:
-        """G(y) with the broadcast generator, fresh noise (per user under vmap's randomness='different')."""
-        eps = torch.rand(y.shape[0], self.cfg.gen_noise_dim)
+        """G(y) with the broadcast generator, fresh noise (per user under vmap's randomness='different') from
+        the global RNG of y's device (CUDA's on a GPU: see the README, Device)."""
+        eps = torch.rand(y.shape[0], self.cfg.gen_noise_dim, device=y.device)
         return functional_call(self.generator, (shared["gen_params"], shared["gen_buffers"]), (y, eps))
 
     def local_penalty(self, params, x, y, w, logits, shared, mine):
@@ -462,13 +498,13 @@ class FedGen(OfficialProtocol):
         h is the user's current last layer; G's output does not depend on the user's parameters, so the
         synthetic CE reaches `classifier.*` only, the KL reaches the whole net through p(x)."""
         if "gen_params" not in shared:
-            return torch.zeros(())
+            return logits.new_zeros(())
         W, b = params["classifier.weight"], params["classifier.bias"]           # [C, D], [C]
         target = F.softmax(F.linear(self.generate(shared, y), W, b), -1).detach()  # [B, C]
         kl = (torch.special.xlogy(target, target) - target * F.log_softmax(logits, -1)).sum(-1)
         latent_matching = (kl * w).sum() / w.sum().clamp_min(1.0)
         avail = shared["available"]
-        y_syn = avail[torch.randint(0, avail.shape[0], (self.cfg.gen_batch_size,))]
+        y_syn = avail[torch.randint(0, avail.shape[0], (self.cfg.gen_batch_size,), device=avail.device)]
         synthetic_ce = F.cross_entropy(F.linear(self.generate(shared, y_syn), W, b), y_syn)
         ratio = self.cfg.gen_batch_size / self.cfg.batch_size
         return self.beta_t * latent_matching + self.alpha_t * ratio * synthetic_ce
@@ -477,7 +513,7 @@ class FedGen(OfficialProtocol):
         """Local SGD, plus the label counts of the round's batches (`update_label_counts`, reset to 1 per label)."""
         update = super().client_update(state, clients, round_)
         C = self.fed.train.num_classes
-        self.label_counts = torch.stack([1 + torch.bincount(self.fed.train.y[self.round_samples(k)], minlength=C)
+        self.label_counts = torch.stack([1 + class_counts(self.fed.train.y[self.round_samples(k)], C)
                                          for k in range(len(clients))])  # [K, C]
         return update
 
@@ -495,11 +531,14 @@ class FedGen(OfficialProtocol):
         weights = label_weights(self.label_counts)                             # [C, K]
         labels = qualified_labels(self.label_counts)
         gen = torch.Generator().manual_seed(self.fed.seed * 7_919 + round_)
+        pos, noise = generator_draws(gen, cfg.gen_steps, len(labels), cfg.gen_batch_size, cfg.gen_noise_dim)
+        pos, noise = pos.to(labels.device), noise.to(labels.device)          # one copy per round
         self.generator.train()
-        stats = {"teacher": 0.0, "diversity": 0.0}
-        for _ in range(cfg.gen_steps):
-            y = labels[torch.randint(0, len(labels), (cfg.gen_batch_size,), generator=gen)]
-            z, eps = self.generator.sample(y, gen)
+        # the steps' mean losses, summed on the device in float64 (as Python floats were) and read once
+        means = torch.zeros(2, dtype=torch.float64, device=labels.device)   # teacher, diversity
+        for s in range(cfg.gen_steps):
+            y, eps = labels[pos[s]], noise[s]
+            z = self.generator(y, eps)
             logits = torch.einsum("bd,kcd->kbc", z, heads_W) + heads_b.unsqueeze(1)   # [K, B, C]
             teacher = teacher_loss(logits, y, weights, cfg.gen_teacher_weighting)
             diversity = diversity_loss(eps, z)
@@ -507,23 +546,27 @@ class FedGen(OfficialProtocol):
             self.gen_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.gen_optimizer.step()
-            stats["teacher"] += teacher.item() / max(1, cfg.gen_steps)
-            stats["diversity"] += diversity.item() / max(1, cfg.gen_steps)
+            means += torch.stack([teacher, diversity]).detach().double() / max(1, cfg.gen_steps)
         self.gen_scheduler.step()
         self.generator.eval()
-        self.extra_metrics = {"gen_teacher_loss": stats["teacher"], "gen_diversity_loss": stats["diversity"],
-                              "gen_label_acc": self.generator_label_accuracy(update)}
-        return stats
+        label_acc = self.generator_label_accuracy(update).double().view(1)
+        mean_teacher, mean_diversity, label_acc = torch.cat([means, label_acc]).tolist()   # the one read
+        self.extra_metrics = {"gen_teacher_loss": mean_teacher, "gen_diversity_loss": mean_diversity,
+                              "gen_label_acc": label_acc}
+        return {"teacher": mean_teacher, "diversity": mean_diversity}
 
     @torch.no_grad()
-    def generator_label_accuracy(self, update: ClientUpdate) -> float:
-        """How often the size-weighted average of this round's heads labels G(y) as y (all C labels)."""
-        w = self.aggregation_weights(update)
-        W = (w.view(-1, 1, 1) * update.params["classifier.weight"]).sum(0)
-        b = (w.view(-1, 1) * update.params["classifier.bias"]).sum(0)
-        y = torch.arange(self.fed.train.num_classes).repeat(20)
+    def generator_label_accuracy(self, update: ClientUpdate) -> torch.Tensor:
+        """How often the size-weighted average of this round's heads labels G(y) as y (all C labels); a 0-dim
+        tensor on the device."""
+        heads_W = update.params["classifier.weight"]                           # [K, C, D]
+        heads_b = update.params["classifier.bias"]                             # [K, C]
+        w = self.aggregation_weights(update).to(heads_W.device)
+        W = (w.view(-1, 1, 1) * heads_W).sum(0)
+        b = (w.view(-1, 1) * heads_b).sum(0)
+        y = torch.arange(self.fed.train.num_classes, device=heads_W.device).repeat(20)
         z, _ = self.generator.sample(y, torch.Generator().manual_seed(0))
-        return (F.linear(z, W, b).argmax(1) == y).float().mean().item()
+        return (F.linear(z, W, b).argmax(1) == y).float().mean()
 
     def message_bytes(self, state):
         model = state_bytes({n: state[n] for n in self.param_names})
@@ -541,7 +584,8 @@ class FedGen(OfficialProtocol):
         fmodel = self.eval_model.features
         real_x, real_y = self.user_test_x[:n_real], self.user_test_y[:n_real]
         real = functional_call(fmodel, features, (real_x,))
-        y_gen = torch.arange(self.fed.train.num_classes).repeat_interleave(self.cfg.latent_samples_per_label)
+        y_gen = torch.arange(self.fed.train.num_classes, device=real.device).repeat_interleave(
+            self.cfg.latent_samples_per_label)
         fake, _ = self.generator.sample(y_gen, torch.Generator().manual_seed(1))
         mean = real.mean(0, keepdim=True)
         _, _, V = torch.linalg.svd(real - mean, full_matrices=False)
@@ -578,11 +622,11 @@ def rounds_to(history: list[dict], key: str, target: float, never: int) -> int:
     return next((int(h["round"]) for h in history if h.get(key) is not None and h[key] >= target), never)
 
 
-def run(cfg, seed: int, record) -> None:
+def run(cfg, seed: int, record, device: torch.device | str = "cpu") -> None:
     """One federated run of cfg.method; adds both protocols' summary numbers to the engine's."""
     from common.fl.engine import run_federated
 
-    method = run_federated(cfg, seed, record, method_cls=METHOD_CLASSES[cfg.method])
+    method = run_federated(cfg, seed, record, method_cls=METHOD_CLASSES[cfg.method], device=device)
     paper = np.array([h["paper_acc"] for h in record.history])
     std = np.array([h["test_acc"] for h in record.history], dtype=float)
     k = min(cfg.eval_top_k, len(paper))

@@ -6,4 +6,7 @@ from papers.fedntd.config import FedNTDConfig
 from papers.fedntd.figures import PAPER_ID, report
 from papers.fedntd.method import train
 
-sys.exit(main(PAPER_ID, FedNTDConfig, train, report))
+ENTRY = (PAPER_ID, FedNTDConfig, train, report)  # what common.cli.main runs (benchmarks/paper_scale.py reads it too)
+
+if __name__ == "__main__":
+    sys.exit(main(*ENTRY))

@@ -24,6 +24,7 @@ Server side both are FedAvg. `ForgettingProbe` adds the paper's forgetting diagn
 from __future__ import annotations
 
 import copy
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -128,11 +129,11 @@ def official_out_of_local(class_acc: np.ndarray, counts: np.ndarray) -> np.ndarr
     return (class_acc * (1 - p) / (counts.shape[-1] - 1)).sum(-1)
 
 
-def per_class_accuracy(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> np.ndarray:
-    """Accuracy per class [C] (nan for a class absent from y)."""
-    correct = torch.zeros(num_classes).index_add_(0, y, (logits.argmax(1) == y).float())
+def per_class_accuracy(logits: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Accuracy per class [C] on the logits' device (nan for a class absent from y)."""
+    correct = torch.zeros(num_classes, device=logits.device).index_add_(0, y, (logits.argmax(1) == y).float())
     count = torch.bincount(y, minlength=num_classes).float()
-    return (correct / count).numpy()  # 0/0 -> nan
+    return correct / count  # 0/0 -> nan
 
 
 class ForgettingProbe:
@@ -155,30 +156,38 @@ class ForgettingProbe:
             self._probe = self._forgetting(state, update)
         return update
 
+    @cached_property
+    def class_counts(self) -> np.ndarray:
+        """[n_clients, C] every client's training samples per class (read from the device once per run)."""
+        y, C = self.fed.train.y, self.fed.train.num_classes
+        counts = torch.stack([torch.bincount(y[part.to(y.device)], minlength=C) for part in self.fed.parts])
+        return counts.cpu().numpy()
+
     def _forgetting(self, state, update) -> dict:
         test, C = self.fed.test, self.fed.train.num_classes
-        before = per_class_accuracy(predict_logits(self.model_with(state), test, self.cfg.eval_batch_size), test.y, C)
-        rows, afters, all_counts = [], [], []
-        for k, c in enumerate(update.clients):
+        states = [state]
+        for k in range(len(update.clients)):
             client_state = dict(state)
             client_state.update({n: update.params[n][k] for n in self.param_names})
             client_state.update({n: update.buffers[n][k] for n in self.buffer_names})
-            logits = predict_logits(self.model_with(client_state), test, self.cfg.eval_batch_size)
-            after = per_class_accuracy(logits, test.y, C)
-            counts = torch.bincount(self.fed.train.y[self.fed.parts[c]], minlength=C).numpy()
-            held, dist = counts > 0, counts / max(1, counts.sum())
+            states.append(client_state)
+        logits = (predict_logits(self.model_with(s), test, self.cfg.eval_batch_size) for s in states)
+        accs = torch.stack([per_class_accuracy(z, test.y, C) for z in logits])
+        accs = accs.cpu().numpy()   # [1 + K, C]: the received global model's, then each client's; one read
+        before, afters, counts = accs[0], accs[1:], self.class_counts[update.clients]
+        rows = []
+        for after, cnt in zip(afters, counts):
+            held, dist = cnt > 0, cnt / max(1, cnt.sum())
             row = {"in_before": float(np.nansum(before * dist)), "in_after": float(np.nansum(after * dist))}
             if (~held).any():
                 row.update(out_before=float(np.nanmean(before[~held])), out_after=float(np.nanmean(after[~held])))
             rows.append(row)
-            afters.append(after)
-            all_counts.append(counts)
         keys = ("out_before", "out_after", "in_before", "in_after")
         out = {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys if any(k in r for r in rows)}
-        counts, size = np.stack(all_counts), update.n_samples.numpy()
+        size = update.n_samples.numpy()
         if C > 1 and size.sum() > 0:
             weight = size / size.sum()   # measures.py: local_size_prop, the clients' data sizes normalised
-            out["official_out_after"] = float(official_out_of_local(np.stack(afters), counts) @ weight)
+            out["official_out_after"] = float(official_out_of_local(afters, counts) @ weight)
             out["official_out_before"] = float(official_out_of_local(before[None], counts) @ weight)
         return out
 
@@ -186,12 +195,13 @@ class ForgettingProbe:
         """The engine's global test accuracy and loss from one pass, plus per-class accuracy and the probe."""
         model, test = self.model_with(state), self.fed.test
         logits = predict_logits(model, test, self.cfg.eval_batch_size)
-        out = {"test_acc": (logits.argmax(1) == test.y).float().mean().item(),
-               "test_loss": F.cross_entropy(logits, test.y).item()}
+        acc, loss = (logits.argmax(1) == test.y).float().mean(), F.cross_entropy(logits, test.y)
+        accs = per_class_accuracy(logits, test.y, self.fed.train.num_classes)
+        values = torch.cat([acc.view(1), loss.view(1), accs]).tolist()   # the evaluation's one read
+        out = {"test_acc": values[0], "test_loss": values[1]}
         if self.fed.client_test_parts is not None:
             out["personal_acc"] = self.personalised_accuracy(lambda c: model)
-        accs = per_class_accuracy(logits, test.y, self.fed.train.num_classes)
-        out.update({f"class_acc_{c}": float(a) for c, a in enumerate(accs)})
+        out.update({f"class_acc_{c}": a for c, a in enumerate(values[2:])})
         out.update(getattr(self, "_probe", {}) or {})
         self._probe = {}
         return out
@@ -204,10 +214,10 @@ def probed(method_cls: type[Method]) -> type[Method]:
     return cls
 
 
-def train(cfg, seed: int, record) -> None:
+def train(cfg, seed: int, record, device: torch.device | str = "cpu") -> None:
     """One run: the engine's round loop with the configured method (probed for forgetting), then summary
     scalars of the forgetting diagnostic averaged over the probed rounds."""
-    run_federated(cfg, seed, record, probed(get_method(cfg.method)))
+    run_federated(cfg, seed, record, probed(get_method(cfg.method)), device=device)
     hist = record.history
     for key in ("out_before", "out_after", "in_before", "in_after", "official_out_before", "official_out_after"):
         vals = [h[key] for h in hist if key in h and h[key] is not None]

@@ -6,4 +6,7 @@ from papers.gradient_dropping.config import GradDropConfig
 from papers.gradient_dropping.figures import PAPER_ID, report
 from papers.gradient_dropping.method import train
 
-sys.exit(main(PAPER_ID, GradDropConfig, train, report))
+ENTRY = (PAPER_ID, GradDropConfig, train, report)  # what common.cli.main runs (benchmarks/paper_scale.py reads it too)
+
+if __name__ == "__main__":
+    sys.exit(main(*ENTRY))

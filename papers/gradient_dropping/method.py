@@ -14,6 +14,7 @@ into shards; "local" runs them per parameter tensor. Marian's momentum option (`
 from __future__ import annotations
 
 import math
+import time
 
 import torch
 import torch.nn.functional as F
@@ -75,10 +76,11 @@ class GradientDropper:
     """The workers' dropping state: one residual row per worker, thresholds global or per tensor."""
 
     def __init__(self, workers: int, sizes: list[int], drop_ratio: float, *, residual: bool = True,
-                 threshold: str = "global", sample_size: int = 100_000):
+                 threshold: str = "global", sample_size: int = 100_000,
+                 device: torch.device | str = "cpu"):
         self.sizes, self.drop_ratio, self.keep_residual = sizes, drop_ratio, residual
         self.local, self.sample_size = threshold == "local", sample_size
-        self.residual = torch.zeros(workers, sum(sizes))
+        self.residual = torch.zeros(workers, sum(sizes), device=device)
 
     def __call__(self, grads: torch.Tensor, dense: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """grads [W, N] -> (messages [W, N] with zeros where dropped, kept mask [W, N]); updates the residual."""
@@ -100,13 +102,15 @@ class GradientDropper:
 
 
 def worker_batches(n_train: int, workers: int, steps: int, batch_size: int, generator: torch.Generator):
-    """IID shards, one per worker; each worker walks shuffled epochs of its shard -> index [steps, W, B]."""
-    shards = torch.randperm(n_train, generator=generator).chunk(workers)
+    """IID shards, one per worker; each worker walks shuffled epochs of its shard -> index [steps, W, B], drawn
+    on the generator's device."""
+    shards = torch.randperm(n_train, generator=generator, device=generator.device).chunk(workers)
     need = steps * batch_size
     streams = []
     for shard in shards:
         epochs = math.ceil(need / len(shard))
-        order = torch.cat([shard[torch.randperm(len(shard), generator=generator)] for _ in range(epochs)])
+        order = torch.cat([shard[torch.randperm(len(shard), generator=generator, device=generator.device)]
+                           for _ in range(epochs)])
         streams.append(order[:need].view(steps, batch_size))
     return torch.stack(streams, 1)
 
@@ -120,80 +124,119 @@ def step_flops(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     return int(counter.get_total_flops())
 
 
-def train(cfg, seed: int, record: RunRecord) -> None:
-    """Simulated synchronous data-parallel training with gradient dropping (Sec. 3's MNIST setting).
+class Ledger:
+    """The run's bytes, operations and density. A step's counts stay on the device (no per-step read) until
+    `close` reads the evaluation window's at once and adds them up on the host, in step order."""
 
-    Logged per evaluation: accuracy, bytes, and what a time model needs: per worker, the cumulative operations
-    (counted forward + backward FLOPs and the dropping's own work) and the bytes over its link (its push, the
-    largest of the W, plus the fetch of the parameter delta)."""
+    def __init__(self, workers: int, n_params: int, sparse_fetch: bool, gemm: int, drop_ops: int):
+        self.W, self.n_params, self.sparse_fetch = workers, n_params, sparse_fetch
+        self.gemm, self.drop_ops = gemm, drop_ops
+        self.totals = dict(bytes_up=0, bytes_down=0, link_bytes=0, compute_ops=0, density=0.0)
+        self.window = []   # per step: (step, dense?, [nnz per worker, union, mean nnz, loss] on the device)
+
+    def add(self, step: int, dense_step: bool, nnz: torch.Tensor, update: torch.Tensor, loss: torch.Tensor):
+        """nnz [W] entries each worker kept, update [N] the averaged message, loss the step's mean loss."""
+        counts = torch.cat([nnz, torch.count_nonzero(update).view(1)]).double()   # exact below 2^53
+        row = torch.cat([counts, nnz.double().mean().view(1), loss.double().view(1)])
+        self.window.append((step, dense_step, row))
+
+    def close(self) -> dict:
+        """The window's mean train loss and density; its steps' bytes, operations and density join the totals."""
+        rows, W, t = torch.stack([row for _, _, row in self.window]).tolist(), self.W, self.totals
+        loss = density_sum = 0.0
+        for (step, dense_step, _), row in zip(self.window, rows):
+            check_finite(row[W + 2], f"step {step}")
+            up = [dense_bytes(self.n_params) if dense_step else sparse_bytes(int(k)) for k in row[:W]]
+            down = (dense_bytes(self.n_params) if dense_step or not self.sparse_fetch
+                    else min(sparse_bytes(int(row[W])), dense_bytes(self.n_params)))
+            t["bytes_up"] += sum(up)
+            t["bytes_down"] += W * down
+            t["link_bytes"] += max(up) + down      # workers push and fetch in parallel, each over its own link
+            t["compute_ops"] += self.gemm + (0 if dense_step else self.drop_ops)
+            density = row[W + 1] / self.n_params
+            t["density"] += density
+            density_sum += density
+            loss += row[W + 2]
+        n, self.window = len(self.window), []
+        return dict(train_loss=loss / n, density=density_sum / n)
+
+
+def train(cfg, seed: int, record: RunRecord, device: torch.device | str = "cpu") -> None:
+    """Simulated synchronous data-parallel training with gradient dropping (Sec. 3's MNIST setting) on `device`.
+
+    The data are loaded and subsampled, and the model initialised, on the CPU (the same seed gives the same
+    start on any device), then moved once."""
     gen = seed_everything(seed)
     train_set, test_set = datasets.load(cfg.dataset, "train"), datasets.load(cfg.dataset, "test")
     if cfg.train_subset:
-        train_set = train_set.subset(torch.randperm(len(train_set), generator=gen)[:cfg.train_subset])
-    curve_set = test_set.subset(torch.arange(cfg.test_subset)) if cfg.test_subset else test_set
+        pick = torch.randperm(len(train_set), generator=gen, device=gen.device)[:cfg.train_subset]
+        train_set = train_set.subset(pick)
+    curve_set = test_set.subset(torch.arange(cfg.test_subset, device="cpu")) if cfg.test_subset else test_set
     c, h, w = train_set.shape
-    model = MLP(c * h * w, cfg.hidden, train_set.num_classes, cfg.layer_norm)
+    model = MLP(c * h * w, cfg.hidden, train_set.num_classes, cfg.layer_norm).to(device)
+    simulate(cfg, model, *(d.to(device) for d in (train_set, test_set, curve_set)), gen, record)
+
+
+def simulate(cfg, model: torch.nn.Module, train_set: datasets.Dataset, test_set: datasets.Dataset,
+             curve_set: datasets.Dataset, gen: torch.Generator, record: RunRecord) -> None:
+    """The training loop on the data's device (the workers' batches are drawn from `gen` on the CPU, once).
+
+    Logged per evaluation: accuracy, bytes, and what a time model needs: per worker, the cumulative operations
+    (counted forward + backward FLOPs and the dropping's own work) and the bytes over its link (its push, the
+    largest of the W, plus the fetch of the parameter delta). A step reads nothing back from the device: its
+    kept counts, density and loss stay there until the evaluation that closes its window reads them at once."""
+    device, (c, h, w) = train_set.device, train_set.shape
     names = [n for n, _ in model.named_parameters()]
     params = dict(model.named_parameters())
     sizes = [p.numel() for p in params.values()]
     n_params, W = sum(sizes), cfg.workers
     opt = (torch.optim.SGD if cfg.optimizer == "sgd" else torch.optim.Adam)(model.parameters(), lr=cfg.lr)
     dropper = GradientDropper(W, sizes, cfg.drop_ratio, residual=cfg.residual, threshold=cfg.threshold,
-                              sample_size=cfg.sample_size)
+                              sample_size=cfg.sample_size, device=device)
 
     def loss_fn(p, x, y):
         return F.cross_entropy(functional_call(model, p, (x,)), y)
 
     worker_grads = vmap(grad_and_value(loss_fn), in_dims=(None, 0, 0))
-    batches = worker_batches(len(train_set), W, cfg.steps, cfg.batch_size, gen)
+    batches = worker_batches(len(train_set), W, cfg.steps, cfg.batch_size, gen).to(device)
     gemm = step_flops(model, train_set.normalize(train_set.x[batches[0, 0]]), train_set.y[batches[0, 0]])
     drop_ops = dropping_ops(sizes, cfg.sample_size, cfg.threshold == "local")
     # SGD applies the averaged sparse gradient as is, so the parameter delta a worker fetches is sparse
     # (the union of the kept indices); Adam's update is dense, so its fetch is dense.
     sparse_fetch = cfg.optimizer == "sgd"
 
-    totals = dict(bytes_up=0, bytes_down=0, link_bytes=0, compute_ops=0, density=0.0)
-    kept_per_tensor = torch.zeros(len(sizes), dtype=torch.float64)
-    window = dict(density=0.0, loss=0.0, n=0)
+    ledger = Ledger(W, n_params, sparse_fetch, gemm, drop_ops)
+    kept_per_tensor = torch.zeros(len(sizes), dtype=torch.float64, device=device)
+    tensor_sizes = W * torch.tensor(sizes, dtype=torch.float64, device=device)
+    start = time.perf_counter()
     for step in range(1, cfg.steps + 1):
         idx = batches[step - 1]                                            # [W, B]
         xb = train_set.normalize(train_set.x[idx.flatten()]).view(W, cfg.batch_size, c, h, w)
         grads, losses = worker_grads({k: v.detach() for k, v in params.items()}, xb, train_set.y[idx])
-        check_finite(losses.mean(), f"step {step}")
         flat = torch.cat([grads[n].reshape(W, -1) for n in names], 1)      # [W, N]
         dense_step = cfg.dense or step <= cfg.warmup_steps
         sent, mask = dropper(flat, dense=dense_step)
         update = sent.mean(0)                                              # [N]
 
         kept = torch.stack([m.sum(1) for m in mask.split(sizes, 1)], 1)    # [W, tensors]
-        nnz = kept.sum(1)                                                  # [W]
-        up = [dense_bytes(n_params) if dense_step else sparse_bytes(int(k)) for k in nnz]
-        union = int(torch.count_nonzero(update))
-        down = dense_bytes(n_params) if (dense_step or not sparse_fetch) else min(sparse_bytes(union), dense_bytes(n_params))
-        totals["bytes_up"] += sum(up)
-        totals["bytes_down"] += W * down
-        totals["link_bytes"] += max(up) + down      # workers push and fetch in parallel, each over its own link
-        totals["compute_ops"] += gemm + (0 if dense_step else drop_ops)
-        kept_per_tensor += kept.sum(0).double() / (W * torch.tensor(sizes, dtype=torch.float64))
-        density = nnz.double().mean().item() / n_params
-        totals["density"] += density
-        window["density"] += density
-        window["loss"] += losses.mean().item()
-        window["n"] += 1
+        kept_per_tensor += kept.sum(0).double() / tensor_sizes
+        ledger.add(step, dense_step, kept.sum(1), update, losses.mean())
 
         for p, g in zip(params.values(), update.split(sizes)):
             p.grad = g.view_as(p)
         opt.step()
 
         if step % cfg.eval_every == 0 or step == cfg.steps:
+            window = ledger.close()                            # the window's one read from the device
             # the curve may use a test subset; the last evaluation is always on the whole test set
             ev = evaluate(model, test_set if step == cfg.steps else curve_set)
-            record.log(step=step, test_acc=ev["acc"], test_loss=ev["loss"],
-                       train_loss=window["loss"] / window["n"], density=window["density"] / window["n"],
+            totals = ledger.totals
+            record.log(step=step, test_acc=ev["acc"], test_loss=ev["loss"], **window,
                        bytes_up=totals["bytes_up"], bytes_total=totals["bytes_up"] + totals["bytes_down"],
-                       compute_ops=totals["compute_ops"], link_bytes=totals["link_bytes"])
-            window = dict(density=0.0, loss=0.0, n=0)
+                       compute_ops=totals["compute_ops"], link_bytes=totals["link_bytes"],
+                       time_s=time.perf_counter() - start)
 
+    totals = ledger.totals
     accs = [h["test_acc"] for h in record.history]
     record.bytes_sent = totals["bytes_up"] + totals["bytes_down"]
     record.summary = {
@@ -205,5 +248,5 @@ def train(cfg, seed: int, record: RunRecord) -> None:
         "step_flops": gemm, "dropping_ops": drop_ops,
         "compute_ops": totals["compute_ops"], "link_bytes": totals["link_bytes"],
         "n_params": n_params,
-        **{f"kept_{n}": float(v) / cfg.steps for n, v in zip(names, kept_per_tensor)},
+        **{f"kept_{n}": v / cfg.steps for n, v in zip(names, kept_per_tensor.tolist())},
     }

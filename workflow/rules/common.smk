@@ -15,4 +15,8 @@ SCALE = config["scale"]
 SEEDS = config.get("seeds") or None
 PAPERS = wf.papers()
 if not any(flag in sys.argv for flag in ("--lint", "--unlock", "--report")):
-    wf.check_before_running(wf.target_papers(sys.argv[1:], SCALE), SCALE)
+    TARGETS = wf.target_papers(sys.argv[1:], SCALE)
+    # the device is checked here only when the jobs run here (a cluster's nodes may have the GPU this host lacks)
+    wf.check_before_running(TARGETS, SCALE, config["device"] if workflow.local_exec else None)
+    if workflow.is_main_process and wf.paper_scale_estimate(TARGETS, SCALE):
+        print(wf.paper_scale_estimate(TARGETS, SCALE), file=sys.stderr)

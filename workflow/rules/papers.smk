@@ -22,12 +22,14 @@ rule run:
         code=lambda wc: wf.run_code(wc.paper),
     threads: config["threads_per_run"]
     resources:
-        gpu=1 if SCALE == "paper" else 0,  # the paper scale is for a GPU (SLURM: --gpus=1)
+        gpu=wf.gpus_per_run(config),  # SLURM: --gpus=1; locally, --resources gpu=N caps the runs sharing the GPUs
+        mem_mb=lambda wc: wf.run_resources(wc.paper, SCALE)["mem_mb"],
+        runtime=lambda wc: wf.run_resources(wc.paper, SCALE)["runtime"],
     conda:
         "../envs/replications.yaml"
     shell:
         "{params.py} -m papers.{wildcards.paper} run --scale {params.scale} --setting {wildcards.setting}"
-        " --seed {wildcards.seed} --threads {threads} --out {output} 2>&1 | tee {log}"
+        " --seed {wildcards.seed} --threads {threads} --device $REPLICATIONS_DEVICE --out {output} 2>&1 | tee {log}"
 
 
 rule report:
