@@ -149,11 +149,15 @@ def gpus_per_run(config: dict) -> int:
     return int(device.startswith("cuda") or (device == "auto" and config["scale"] == "paper"))
 
 
+RUN_RESOURCES = {"smoke": {"mem_mb": 4000, "runtime": 120}, "quick": {"mem_mb": 4000, "runtime": 120},
+                 "paper": {"mem_mb": 8000, "runtime": 720}}   # defaults per scale (MB, minutes)
+
+
 def run_resources(paper: str, scale: str) -> dict:
-    """Memory (MB) and time limit (minutes) of one run job: `resources: {<scale>: {mem_mb, runtime}}` in the
-    paper's experiments.yaml, else 4000 MB and 120 minutes."""
+    """Memory (MB) and time limit (minutes) of one run job (what a cluster is asked for): the paper's
+    `resources: {<scale>: {mem_mb, runtime}}` in experiments.yaml where it sets them, else RUN_RESOURCES."""
     own = (experiments.experiments(paper).get("resources") or {}).get(scale) or {}
-    return {"mem_mb": int(own.get("mem_mb", 4000)), "runtime": int(own.get("runtime", 120))}
+    return {k: int(own.get(k, v)) for k, v in RUN_RESOURCES[scale].items()}
 
 
 def paper_scale_estimate(paper_list: list[str], scale: str) -> str:
