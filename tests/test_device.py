@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from common import device
+from common import device, workflow
 from common.experiments import ConfigError
 from common.fl import METHODS, Federation, get_method
 from common.models import build_model
@@ -111,3 +111,29 @@ def test_data_moves_once_and_normalises_on_its_device():
     assert moved.x.device.type == "meta" and fed.train.to("cpu") is fed.train
     assert moved.normalize(moved.x[:4]).device.type == "meta"
     assert fed.train.subset(torch.tensor([1, 2])).x.device.type == "cpu"
+
+
+@pytest.mark.parametrize("device, scale, gpus", [("auto", "paper", 1), ("auto", "quick", 0), ("cpu", "paper", 0),
+                                                 ("cuda", "quick", 1), ("cuda:1", "smoke", 1)])
+def test_run_jobs_ask_for_a_gpu_when_they_will_use_one(device, scale, gpus):
+    assert workflow.gpus_per_run({"device": device, "scale": scale}) == gpus
+
+
+def test_the_paper_scale_prints_its_measured_cost_before_it_starts(tmp_path, monkeypatch):
+    monkeypatch.setattr(workflow, "REPO", tmp_path)
+    assert workflow.paper_scale_estimate(["feddf"], "paper") == ""   # nothing measured yet
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "paper_scale.json").write_text(json.dumps({"papers": [
+        {"paper": "feddf", "runs": 46, "device_hours": 12.5, "device_name": "NVIDIA X", "runs_not_measured": 0},
+        {"paper": "feddf", "runs": 46, "device_hours": 300.0, "device_name": "CPU", "runs_not_measured": 4}]}))
+    line = workflow.paper_scale_estimate(["feddf", "fedntd"], "paper")
+    assert "[feddf] paper scale: 46 runs, about 12.5 h on NVIDIA X, 300.0 h on CPU (+4 runs" in line
+    assert "[fedntd] paper scale: cost not measured yet" in line
+    assert workflow.paper_scale_estimate(["feddf"], "quick") == ""
+
+
+def test_a_paper_sets_its_run_jobs_memory_and_time_or_gets_the_scale_default(monkeypatch):
+    assert workflow.run_resources("gradient_dropping", "paper") == {"mem_mb": 8000, "runtime": 720}
+    monkeypatch.setattr(workflow.experiments, "experiments", lambda paper: {"resources": {"paper": {"mem_mb": 16000}}})
+    assert workflow.run_resources("x", "paper") == {"mem_mb": 16000, "runtime": 720}
+    assert workflow.run_resources("x", "quick") == {"mem_mb": 4000, "runtime": 120}
