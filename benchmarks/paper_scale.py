@@ -3,6 +3,7 @@ device at hand and extrapolate to the full runs.
 
     python benchmarks/paper_scale.py                       # every paper, on `auto` (CUDA when present)
     python benchmarks/paper_scale.py feddf --device cpu --max-seconds 120
+    python benchmarks/paper_scale.py --table               # the saved measurements as the README's table
 
 For each setting it runs the paper's own CLI (`run --scale paper`) for two evaluation slices (two rounds with
 eval_every = 1 for the federated papers; 2 x eval_every steps for gradient dropping) and reads the run record:
@@ -124,18 +125,35 @@ def measure(paper: str, dev: str, threads: int, max_seconds: float) -> dict:
             seconds += n_seeds * timed[key]["seconds"]
             measured_runs += n_seeds
     return {"paper": paper, "runs": len(runs), "settings": len(settings), "settings_timed": len(timed),
+            "settings_measured": sum(t["seconds"] is not None for t in timed.values()),
             "hours_per_run": round(seconds / max(1, measured_runs) / 3600, 3),
             "device_hours": round(seconds / 3600, 2), "runs_not_measured": len(runs) - measured_runs,
             "settings_not_measured": unmeasured}
 
 
+def markdown_table(measured: dict) -> str:
+    """The README's table: one row per paper and device measured."""
+    lines = ["| paper | runs | device | distinct settings measured | hours per measured run | device-hours of the "
+             "measured runs | runs not measured (a slice passed --max-seconds) |", "|---|---|---|---|---|---|---|"]
+    for r in measured["papers"]:
+        measured_runs = r["runs"] - r["runs_not_measured"]
+        cost = (f"{r['hours_per_run']:.2f}", f"{r['device_hours']:.1f}") if measured_runs else ("—", "—")
+        lines.append(f"| {r['paper']} | {r['runs']} | {r['device_name']} | {r['settings_measured']} of "
+                     f"{r['settings_timed']} | {cost[0]} | {cost[1]} | {r['runs_not_measured']} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("papers", nargs="*", help="default: every paper")
+    parser.add_argument("--table", action="store_true", help="print the saved measurements as a markdown table")
     parser.add_argument("--device", default="auto", help=devices.CHOICES)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--max-seconds", type=float, default=300, help="per setting's two-slice run")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(OUT.read_text())))
+        return
     dev = devices.resolve(args.device)
     torch.set_num_threads(args.threads)
     name = device_name(dev)

@@ -125,10 +125,15 @@ def code_hash(patterns: list[str], exclude: set[str] = frozenset()) -> str:
     return h.hexdigest()[:12]
 
 
+RUNS_EVERY_PAPER = {"compare"}   # the teaching comparison runs every paper's registered methods
+
+
 def run_code(paper: str) -> str:
-    """Hash of the code a run of `paper` executes: its folder but figures.py, and common/ but the report code."""
-    paper_files = [f"papers/{paper}/*.py"]
-    return code_hash(RUN_CODE + paper_files, NOT_RUN_CODE | {f"papers/{paper}/figures.py"})
+    """Hash of the code a run of `paper` executes: its folder but figures.py (every paper's for the comparison),
+    and common/ but the report code."""
+    folders = papers() if paper in RUNS_EVERY_PAPER else [paper]
+    return code_hash(RUN_CODE + [f"papers/{p}/*.py" for p in folders],
+                     NOT_RUN_CODE | {f"papers/{p}/figures.py" for p in folders})
 
 
 def run_settings(paper: str, scale: str, setting: str) -> str:

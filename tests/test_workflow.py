@@ -198,3 +198,20 @@ def test_slurm_profile_gives_the_local_results(tmp_path):
         assert [keep(h) for h in a["history"]] == [keep(h) for h in b["history"]], path
         assert {k: v for k, v in a["summary"].items() if "acc" in k or "bytes" in k} == \
                {k: v for k, v in b["summary"].items() if "acc" in k or "bytes" in k}, path
+
+
+def test_a_changed_method_reruns_its_paper_and_the_comparison_only(tmp_path, monkeypatch):
+    from common import workflow
+
+    for paper in ("alpha", "beta", "compare"):
+        (tmp_path / "papers" / paper).mkdir(parents=True)
+        (tmp_path / "papers" / paper / "experiments.yaml").write_text("")
+        (tmp_path / "papers" / paper / "method.py").write_text(f"# {paper}\n")
+        (tmp_path / "papers" / paper / "figures.py").write_text("")
+    monkeypatch.setattr(workflow, "REPO", tmp_path)
+    before = {p: workflow.run_code(p) for p in ("alpha", "beta", "compare")}
+    (tmp_path / "papers" / "alpha" / "method.py").write_text("# alpha, changed\n")
+    (tmp_path / "papers" / "beta" / "figures.py").write_text("# report code only\n")
+    after = {p: workflow.run_code(p) for p in ("alpha", "beta", "compare")}
+    assert after["alpha"] != before["alpha"] and after["compare"] != before["compare"]
+    assert after["beta"] == before["beta"]

@@ -1,6 +1,8 @@
 """The teaching comparison's report: the regime check against centrally trained references, the claims, curves
-per data set and partition, final accuracy, rounds to target, the partitions, and a reading computed from the
-runs. Setting names are `<method>_<panel>_<partition>`; a panel is one data set (PANELS)."""
+per data set and partition, final accuracy, rounds to target, the partitions, the personalisation panel, and a
+reading computed from the runs. Setting names are `<method>_<panel>_<partition>`; a panel is one data set
+(PANELS). The personalisation panel's settings are `pers_<method>[_<scale>]` (PERSONAL): Per-FedAvg's setting,
+every method evaluated after the same one-step adaptation; they stay out of the other tables and figures."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,10 +21,17 @@ from papers.compare import PAPER
 
 PAPER_ID = "compare"
 PANELS = {"mnist": "MNIST", "fmnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+DATA_NAMES = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 PARTITION_ORDER = ["iid", "dir0.5", "dir0.1"]
 PARTITION_NAMES = {"iid": "IID", "dir0.5": "α=0.5", "dir0.1": "α=0.1"}
 METHOD_ORDER = ["central", "fedavg", "fedprox", "fedavgm", "local", "fedntd", "fedgen", "feddf"]
 REFERENCE = "ref"          # method label of the regime references (ref_<panel>_full)
+PERSONAL = "pers"          # prefix of the personalisation panel's settings (pers_<method>[_<scale>])
+PERS_METHODS = {"fedavg": "FedAvg", "perfedavg_fo": "Per-FedAvg (FO)", "perfedavg_hf": "Per-FedAvg (HF)",
+                "local": "Local-only"}   # the panel's methods (a run's config `method`), in table order
+PERS_WHEN = {"final_pers_acc_0": "before adaptation", "final_pers_acc_1": "after 1 step"}
+PERS_CLAIMS = ("The personalisation panel's checks (`pers_*`) compare methods in Per-FedAvg's setting "
+               "instead, every one judged after the same one-step adaptation (see its section). ")
 FLAT_PT = 0.5              # a reference is flat when its last quarter gains < this over the quarter before
 
 
@@ -39,11 +48,16 @@ def panel_of(setting: str) -> str:
     return setting.split("_")[1]
 
 
+def is_personal(setting: str) -> bool:
+    """A setting of the personalisation panel (not one of the data-set panels)."""
+    return setting.startswith(PERSONAL + "_")
+
+
 def for_scale(spec: dict, scale: str) -> dict:
     """The claims whose settings this scale runs, and the regime rows of the panels it runs (the quick scale
     has no CIFAR-10 panel and fewer cells; the other claims are judged at the paper scale)."""
     run = set(experiments.settings(PAPER_ID, scale))
-    panels = {panel_of(s) for s in run}
+    panels = {panel_of(s) for s in run if not is_personal(s)}
     named = lambda row, keys: [row[k] for k in keys if k in row]  # noqa: E731
     return {**spec, "claims": [c for c in spec.get("claims", []) if set(named(c, "abcd")) <= run],
             "regime": [r for r in spec.get("regime", [])
@@ -214,15 +228,159 @@ def reading(summary: pd.DataFrame, panels: list[str]) -> str:
     return "\n".join(out)
 
 
+# ------------------------------------------------------------------------------------------ personalisation
+def pers_settings(records) -> dict:
+    """{method: setting} of the personalisation panel's runs (the method from each run's config)."""
+    return {r.config["method"]: r.setting for r in records if is_personal(r.setting)}
+
+
+def pers_label(method: str) -> str:
+    return PERS_METHODS.get(method, method)
+
+
+def table_personalisation(summary: pd.DataFrame, settings: dict, extra_steps: int = 5) -> pd.DataFrame:
+    """Per method: personalised accuracy before adaptation, after 1 step (the panel's metric), the gain of the
+    step, after `extra_steps` steps, the paired difference to FedAvg + 1 step, and the global model on the
+    official test set (mean ± std over seeds)."""
+    extra = f"final_pers_acc_{extra_steps}"
+    rows = []
+    for method in _order(set(settings), list(PERS_METHODS)):
+        setting = settings[method]
+        cell = summary[summary["setting"] == setting]
+        get = lambda key: mean_std(cell[key], 100) if key in cell else "-"  # noqa: E731
+        vs = ("-" if method == "fedavg" or "fedavg" not in settings else
+              describe(paired(summary, setting, settings["fedavg"], "final_pers_acc_1")))
+        rows.append({"method": pers_label(method), "setting": setting, "seeds": len(cell),
+                     "before adaptation (%)": get("final_pers_acc_0"),
+                     "after 1 step (%)": get("final_pers_acc_1"),
+                     "gain of 1 step (pt)": get("final_adapt_gain"),
+                     f"after {extra_steps} steps (%)": get(extra),
+                     "after 1 step, − FedAvg + 1 step (paired)": vs,
+                     "global model, official test set (%)": get("final_test_acc")})
+    return pd.DataFrame(rows)
+
+
+def fig_personalisation(summary: pd.DataFrame, settings: dict):
+    """Bars: personalised accuracy before and after the one-step adaptation per method (dots: seeds)."""
+    methods = _order(set(settings), list(PERS_METHODS))
+    rows = []
+    for method in methods:
+        cell = summary[summary["setting"] == settings[method]]
+        for key, when in PERS_WHEN.items():
+            rows += [{"method": pers_label(method), "personalised accuracy": when, "acc": 100 * float(v)}
+                     for v in cell[key]]
+    df = pd.DataFrame(rows)
+    fig = plots.bars(df, "method", "acc", hue="personalised accuracy", order=[pers_label(m) for m in methods],
+                     ylabel="personalised accuracy (%)",
+                     title="Per-FedAvg's setting: each user's own test split, before and after one step of α")
+    low = 5 * np.floor((df["acc"].min() - 2) / 5)   # the differences are a few points: start the axis near
+    fig.axes[0].set_ylim(max(0.0, low), 100)
+    return fig
+
+
+def pers_setup_text(cfg: dict, seeds: list[int]) -> str:
+    per_round = int(round(cfg["participation"] * cfg["n_clients"]))
+    share, held_out = 100 * cfg["dominant_share"], 100 * cfg["client_test_fraction"]
+    users, batch = cfg["n_clients"], cfg["batch_size"]
+    return f"""
+What personalisation buys, in Per-FedAvg's own setting (papers/perfedavg, Fallah et al. 2020), not
+the data-set panels': {DATA_NAMES.get(cfg['dataset'], cfg['dataset'])}, {users} users of {cfg['client_samples']} samples, {share:.0f} % of each
+user's samples from {cfg['dominant_classes']} classes (the `dominant_classes` split), {held_out:.0f} %
+of each of a user's labels held out as its own test split (the same label mix as its training split);
+{per_round} users per round, {cfg['rounds']} rounds of τ = {cfg['local_steps']} local steps of batch
+{batch}, the MLP `{cfg['model']}`, β = {cfg['lr']} (FedAvg's and Local-only's local SGD step, and
+Per-FedAvg's outer step), α = {cfg['inner_lr']}; seeds {seeds}.
+
+**Protocol: every method is adapted the same way** (Per-FedAvg's personalised evaluation,
+`papers/perfedavg/method.py` `Personalised`): at the final round each of the {users} users starts from
+the global model (Local-only: from its own model), takes ONE SGD step of size α on a batch of {batch}
+samples of its own training data, and is tested on its own test split; the accuracies are averaged
+over users. *Before adaptation* is the start model on the same test splits. The adaptation batches
+depend on the seed, the round and the user only, so every method adapts on the same batches, and no
+method is compared adapted against unadapted. FedAvg and Local-only train as usual and are then
+adapted (FedAvg + 1 step, Local-only + 1 step); Per-FedAvg trains its model for this one step (it
+minimises F(w) = (1/n) Σ_i f_i(w − α∇f_i(w)); FO drops the Hessian term of ∇F, HF approximates it
+by a finite difference of gradients).
+"""
+
+
+def _direction(diff: pd.Series) -> str:
+    """'higher' / 'lower' / 'level' by the rule of `describe` (the mean more than one std from zero)."""
+    if diff.empty:
+        return "not run"
+    mean, sd = float(diff.mean()), float(diff.std(ddof=1)) if len(diff) > 1 else 0.0
+    return "higher" if mean - sd > 0 else "lower" if mean + sd < 0 else "level"
+
+
+GAIN_MEANING = {"higher": ": the signature of a meta-learned initialisation, a model trained to be adapted",
+                "lower": ": at this α one step moves FedAvg's model more than Per-FedAvg's",
+                "level": ": at this α the two models gain alike from the step"}
+LOCAL_MEANING = {"lower": ": a user's own ~{own} training images are not enough, collaboration pays even "
+                          "when every user adapts",
+                 "higher": ": here each user's own model beats the shared one even after the adaptation "
+                           "step (collaboration does not pay in this run)"}
+
+
+def pers_reading(summary: pd.DataFrame, settings: dict, cfg: dict) -> str:
+    """Sentences computed from the panel's runs (paired by seed, mean ± std over seeds); every interpretation
+    follows the sign of the numbers it interprets."""
+    s = lambda m: settings.get(m, f"{PERSONAL}_{m}_missing")  # noqa: E731
+    acc = lambda m, k="final_pers_acc_1": mean_std(summary[summary["setting"] == s(m)][k], 100)  # noqa: E731
+    diff = lambda a, k="final_pers_acc_1": paired(summary, s(a), s("fedavg"), k)  # noqa: E731
+    adapted = {"fedavg": "FedAvg + 1 step", "local": "Local-only + 1 step"}
+    out = ["- *After one step* (the panel's metric): "
+           + ", ".join(f"{adapted.get(m, pers_label(m))} {acc(m)} %" for m in PERS_METHODS if m in settings)
+           + "."]
+    metas = [m for m in ("perfedavg_fo", "perfedavg_hf") if m in settings]
+    if metas and "fedavg" in settings:
+        out.append("- *What meta-learning buys over FedAvg + 1 step* (after one step, paired): "
+                   + "; ".join(f"{pers_label(m)} − FedAvg + 1 step {describe(diff(m))}" for m in metas) + ".")
+    if "perfedavg_hf" in settings and "fedavg" in settings:
+        gain = diff("perfedavg_hf", "final_adapt_gain")
+        out.append(f"- *Before adaptation* FedAvg's model scores {acc('fedavg', 'final_pers_acc_0')} % and "
+                   f"Per-FedAvg (HF)'s {acc('perfedavg_hf', 'final_pers_acc_0')} %; one step gains FedAvg "
+                   f"{acc('fedavg', 'final_adapt_gain')} pt and HF {acc('perfedavg_hf', 'final_adapt_gain')} "
+                   f"pt (HF − FedAvg: {describe(gain)}){GAIN_MEANING.get(_direction(gain), '')}.")
+    if "local" in settings and "fedavg" in settings:
+        local = diff("local")
+        own = int(round(cfg["client_samples"] * (1 - cfg["client_test_fraction"])))
+        meaning = LOCAL_MEANING.get(_direction(local), "").format(own=own)
+        out.append(f"- *Collaboration*: Local-only + 1 step − FedAvg + 1 step {describe(local)}{meaning}.")
+    return "\n".join(out)
+
+
+def personalisation_section(rep: Report, records, summary: pd.DataFrame) -> None:
+    """The personalisation panel: its setup and protocol, one table, one figure, a reading from the runs."""
+    settings = pers_settings(records)
+    if not settings:
+        return
+    first = next(r for r in records if is_personal(r.setting))
+    seeds = sorted({r.seed for r in records if is_personal(r.setting)})
+    rep.section("Personalisation: what Per-FedAvg buys (its setting, one adaptation step for every method)",
+                pers_setup_text(first.config, seeds))
+    rep.table("personalisation", table_personalisation(summary, settings, first.config["adapt_extra_steps"]),
+              "Personalised accuracy per method in Per-FedAvg's setting, before and after one SGD step of α "
+              "on each user's own data (users' own test splits, mean over users; mean ± std over seeds; the "
+              "paired difference to FedAvg + 1 step, higher/lower only beyond one std; the global model on "
+              "the official test set for contrast, Local-only: the mean over the users' own models)")
+    rep.figure("personalisation", fig_personalisation(summary, settings),
+               "Personalised accuracy before and after the one-step adaptation, per method (bars: mean over "
+               "seeds, ± std; dots: seeds; the axis does not start at 0)")
+    rep.text("Computed from the runs (paired by seed, mean ± std over seeds, in points; *higher*/*lower* "
+             "only where the mean is more than one std from zero):\n\n"
+             + pers_reading(summary, settings, first.config))
+
+
 def report(results: Path, out: Path, scale: str) -> None:
     spec, records, hist, summary = load_results(PAPER_ID, results, scale)
     skipped = len(spec.get("claims", []))
     spec = for_scale(spec, scale)
     skipped -= len(spec["claims"])
     hist, summary = _split_setting(hist), _split_setting(summary)
-    runs = [r for r in records if not r.setting.startswith(REFERENCE + "_")]
+    runs = [r for r in records if not r.setting.startswith(REFERENCE + "_") and not is_personal(r.setting)]
     cfg = runs[0].config
-    federated = summary[summary["method"] != REFERENCE]
+    personal = summary[summary["method"] == PERSONAL]
+    federated = summary[~summary["method"].isin([REFERENCE, PERSONAL])]
     panels = _order(set(federated["dataset"]), list(PANELS))
     rep = Report(out, "Federated baselines side by side (the teaching comparison)", PAPER, scale, PAPER_ID,
                  [r.commit for r in records])
@@ -239,11 +397,12 @@ globally, small-μ FedProx ≈ FedAvg), and each paper's method against FedAvg i
 (20 clients, this scale's model and local steps, the same Dirichlet split for every method), which is none of
 those papers' own settings (FedNTD, FedGen and FedDF are judged on their own protocols in their own reports;
 FedAvgM, Hsu et al. 2019, has no report here). A paper claim would be counted only in that paper's setting.
-""" + (f"{skipped} claims of `experiments.yaml` (the CIFAR-10 panel, and cells this scale does not run) are judged "
-         "at the paper scale only." if skipped else ""))
+""" + (PERS_CLAIMS if any(is_personal(c["a"]) for c in spec["claims"]) else "")
+      + (f"{skipped} claims of `experiments.yaml` (the CIFAR-10 panel, and cells this scale does not run) are "
+         "judged at the paper scale only." if skipped else ""))
     rep.add_claims(spec.get("claims", []), summary)
     rep.section("Results")
-    hist, summary = hist[hist["method"] != REFERENCE], federated
+    hist, summary = hist[~hist["method"].isin([REFERENCE, PERSONAL])], federated
     for panel in panels:
         rep.table(f"final_{panel}", table_final(summary, panel),
                   f"{PANELS.get(panel, panel)}: final test accuracy (full test set, mean ± std over seeds) and rounds "
@@ -254,4 +413,5 @@ FedAvgM, Hsu et al. 2019, has no report here). A paper claim would be counted on
     rep.section("Reading the results", "Computed from the runs above: differences are paired by seed (mean ± std "
                 "over seeds, in points of final test accuracy); *higher*/*lower* only where the mean is more than one "
                 "std from zero.\n\n" + reading(summary, panels))
+    personalisation_section(rep, records, personal)
     rep.write()
