@@ -286,7 +286,8 @@ class Report:
                   f"{REGIME_FLOOR:g}: here {best}.")
         shown = table.assign(ours=table["ours"].map(_pct), reference=table["reference"].map(_pct),
                              ratio=table["ratio"].map(lambda r: "n/a" if pd.isna(r) else f"{r:.3f}"))
-        atomic_write_text(self.out / "tables" / "regime.csv", table.to_csv(index=False, float_format="%.4f"))
+        atomic_write_text(self.out / "tables" / "regime.csv",
+                          table.to_csv(index=False, float_format="%.4f", na_rep="not run"))
         self.parts.append(f"**Regime: baselines against their references** (`tables/regime.csv`)\n\n"
                           f"{markdown_table(shown)}\n")
 

@@ -131,3 +131,12 @@ def test_paper_vs_ours_puts_mean_std_beside_the_papers_number():
     assert table.iloc[0]["ours (mean ± std over seeds)"] == "85.00 ± 5.00 (n=3)"
     assert table.iloc[1]["ours (mean ± std over seeds)"] == "-"  # a reference row with no setting of ours
     assert mean_std([1.0]) == "1.00 ± 0.00"
+
+
+def test_a_regime_row_whose_setting_did_not_run_says_so_in_the_csv(tmp_path):
+    spec = {"regime": [{"baseline": "A", "setting": "a", "metric": "acc", "reference": 0.9, "reference_source": "t"},
+                       {"baseline": "Z", "setting": "zz", "metric": "acc", "reference": 0.9, "reference_source": "t"}]}
+    report = Report(tmp_path, "T", "cite", "smoke", "toy")
+    report.regime(spec, _summary())
+    rows = (tmp_path / "tables" / "regime.csv").read_text().splitlines()
+    assert rows[2].startswith("Z,zz,not run,0.9000,t,not run") and report.regime_best == pytest.approx(0.85 / 0.9)
