@@ -44,7 +44,7 @@ def _regime(folder: Path) -> str:
     path = folder / "tables" / "regime.csv"
     if not path.exists():
         return "no regime table"
-    ratios = [float(r["ratio"]) for r in csv.DictReader(path.open()) if r["ratio"] not in ("", "nan")]
+    ratios = [float(r["ratio"]) for r in csv.DictReader(path.open()) if r["ratio"] not in ("", "nan", "not run")]
     return f"{max(ratios):.2f}" if ratios else "not measured"
 
 

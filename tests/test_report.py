@@ -140,3 +140,14 @@ def test_a_regime_row_whose_setting_did_not_run_says_so_in_the_csv(tmp_path):
     report.regime(spec, _summary())
     rows = (tmp_path / "tables" / "regime.csv").read_text().splitlines()
     assert rows[2].startswith("Z,zz,not run,0.9000,t,not run") and report.regime_best == pytest.approx(0.85 / 0.9)
+
+
+def test_the_index_reads_the_best_measured_regime_ratio(tmp_path):
+    from common.index import _regime
+
+    report = Report(tmp_path, "T", "cite", "smoke", "toy")
+    report.regime({"regime": [{"baseline": "A", "setting": "a", "metric": "acc", "reference": 0.9,
+                               "reference_source": "t"},
+                              {"baseline": "Z", "setting": "zz", "metric": "acc", "reference": 0.9,
+                               "reference_source": "t"}]}, _summary())
+    assert _regime(tmp_path) == f"{0.85 / 0.9:.2f}"
