@@ -330,9 +330,6 @@ class PerFedAvg(Personalised):
     """The Per-FedAvg client update (Algorithm 1), for the three estimates of grad F_i; `direction` is the
     per-user estimate, `client_update` runs it for tau steps over the K sampled users (vmap or one by one)."""
 
-    variant = "?"
-    vectorizable = True
-
     def __init__(self, cfg, fed, model):
         super().__init__(cfg, fed, model)
         if self.has_bn:
@@ -340,6 +337,7 @@ class PerFedAvg(Personalised):
                               "MLP); choose a model without BatchNorm")
 
     def direction(self, params: dict, d: tuple, d1: tuple, d2: tuple) -> tuple[dict, torch.Tensor]:
+        """One user's estimate of grad F_i and its meta-loss f(w_hat; D'): each variant below defines it."""
         raise NotImplementedError
 
     def client_update(self, state, clients, round_):
@@ -403,8 +401,6 @@ class PerFedAvg(Personalised):
 class PerFedAvgFO(PerFedAvg):
     """Per-FedAvg (FO): w <- w - beta grad f(w - alpha grad f(w; D); D')."""
 
-    variant = "FO"
-
     def direction(self, params, d, d1, d2):
         return first_order_direction(self.loss_fn, params, d, d1, self.knob("inner_lr"))
 
@@ -412,8 +408,6 @@ class PerFedAvgFO(PerFedAvg):
 @register_method("perfedavg_hf")
 class PerFedAvgHF(PerFedAvg):
     """Per-FedAvg (HF): w <- w - beta (g - alpha h), h the finite-difference Hessian-vector product on D''."""
-
-    variant = "HF"
 
     def direction(self, params, d, d1, d2):
         alpha, delta = self.knob("inner_lr"), self.knob("hf_delta")
@@ -423,8 +417,6 @@ class PerFedAvgHF(PerFedAvg):
 @register_method("perfedavg_maml")
 class PerFedAvgMAML(PerFedAvg):
     """Per-FedAvg with the exact Hessian-vector product (the reference the FO and HF estimates approximate)."""
-
-    variant = "MAML"
 
     def direction(self, params, d, d1, d2):
         return maml_direction(self.loss_fn, params, d, d1, d2, self.knob("inner_lr"),
