@@ -175,11 +175,14 @@ def paper_scale_estimate(paper_list: list[str], scale: str) -> str:
     lines = []
     for paper in paper_list:
         rows = [r for r in measured.get("papers", []) if r["paper"] == paper]
-        costs = ", ".join(f"{r['device_hours']:.1f} h on {r['device_name']}"
-                          + (f" (+{r['runs_not_measured']} runs too slow to time there)" if r["runs_not_measured"] else "")
-                          for r in rows)
+        costs = ", ".join(
+            f"not measurable on {r['device_name']} (a round outlasted the benchmark's limit there)"
+            if r["runs_not_measured"] == r["runs"] else
+            f"about {r['device_hours']:.1f} h on {r['device_name']}"
+            + (f" (+{r['runs_not_measured']} runs too slow to time there)" if r["runs_not_measured"] else "")
+            for r in rows)
         if rows:
-            lines.append(f"[{paper}] paper scale: {rows[0]['runs']} runs, about {costs} of device time "
+            lines.append(f"[{paper}] paper scale: {rows[0]['runs']} runs; device time {costs} "
                          "(benchmarks/paper_scale.py; divide by the jobs run at once)")
         else:
             lines.append(f"[{paper}] paper scale: cost not measured yet (python benchmarks/paper_scale.py {paper})")

@@ -127,8 +127,11 @@ def test_the_paper_scale_prints_its_measured_cost_before_it_starts(tmp_path, mon
         {"paper": "feddf", "runs": 46, "device_hours": 12.5, "device_name": "NVIDIA X", "runs_not_measured": 0},
         {"paper": "feddf", "runs": 46, "device_hours": 300.0, "device_name": "CPU", "runs_not_measured": 4}]}))
     line = workflow.paper_scale_estimate(["feddf", "fedntd"], "paper")
-    assert "[feddf] paper scale: 46 runs, about 12.5 h on NVIDIA X, 300.0 h on CPU (+4 runs" in line
+    assert "[feddf] paper scale: 46 runs; device time about 12.5 h on NVIDIA X, about 300.0 h on CPU (+4 runs" in line
     assert "[fedntd] paper scale: cost not measured yet" in line
+    (tmp_path / "benchmarks" / "results" / "paper_scale.json").write_text(json.dumps({"papers": [
+        {"paper": "feddf", "runs": 46, "device_hours": 0.0, "device_name": "CPU", "runs_not_measured": 46}]}))
+    assert "device time not measurable on CPU" in workflow.paper_scale_estimate(["feddf"], "paper")
     assert workflow.paper_scale_estimate(["feddf"], "quick") == ""
 
 
