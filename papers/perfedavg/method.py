@@ -328,7 +328,10 @@ def personalised(method_cls: type[Method]) -> type[Method]:
 # ---------------------------------------------------------------------------------------------- Per-FedAvg
 class PerFedAvg(Personalised):
     """The Per-FedAvg client update (Algorithm 1), for the three estimates of grad F_i; `direction` is the
-    per-user estimate, `client_update` runs it for tau steps over the K sampled users (vmap or one by one)."""
+    per-user estimate (first-order here; HF and exact MAML override it), `client_update` runs it for tau steps over
+    the K sampled users (vmap or one by one)."""
+
+    config_cls = PerFedAvgConfig
 
     def __init__(self, cfg, fed, model):
         super().__init__(cfg, fed, model)
@@ -337,8 +340,8 @@ class PerFedAvg(Personalised):
                               "MLP); choose a model without BatchNorm")
 
     def direction(self, params: dict, d: tuple, d1: tuple, d2: tuple) -> tuple[dict, torch.Tensor]:
-        """One user's estimate of grad F_i and its meta-loss f(w_hat; D'): each variant below defines it."""
-        raise NotImplementedError
+        """One user's estimate of grad F_i and its meta-loss f(w_hat; D'): the first-order one."""
+        return first_order_direction(self.loss_fn, params, d, d1, self.knob("inner_lr"))
 
     def client_update(self, state, clients, round_):
         cfg, data = self.cfg, self.fed.train
@@ -399,10 +402,7 @@ class PerFedAvg(Personalised):
 
 @register_method("perfedavg_fo")
 class PerFedAvgFO(PerFedAvg):
-    """Per-FedAvg (FO): w <- w - beta grad f(w - alpha grad f(w; D); D')."""
-
-    def direction(self, params, d, d1, d2):
-        return first_order_direction(self.loss_fn, params, d, d1, self.knob("inner_lr"))
+    """Per-FedAvg (FO): w <- w - beta grad f(w - alpha grad f(w; D); D') (the base class's estimate)."""
 
 
 @register_method("perfedavg_hf")
@@ -421,10 +421,6 @@ class PerFedAvgMAML(PerFedAvg):
     def direction(self, params, d, d1, d2):
         return maml_direction(self.loss_fn, params, d, d1, d2, self.knob("inner_lr"),
                               self.knob("maml_hessian_batch"))
-
-
-for _cls in (PerFedAvgFO, PerFedAvgHF, PerFedAvgMAML):
-    _cls.config_cls = PerFedAvgConfig
 
 
 def train(cfg, seed: int, record, device: torch.device | str = "cpu") -> None:
