@@ -81,15 +81,17 @@ def mcmahan_cnn(in_shape, num_classes):
 
 
 class LeNet(nn.Module):
-    """LeNet-5 style: conv5(6) pool conv5(16) pool FC120 FC84 FC K."""
+    """LeNet-5 style: conv5(k1) pool conv5(k2) pool FC120 FC84 FC K; kernels (k1, k2) = (6, 16) as LeNet-5,
+    (16, 32) as pFedHN's `CNNTarget`."""
 
-    def __init__(self, in_channels: int, side: int, num_classes: int):
+    def __init__(self, in_channels: int, side: int, num_classes: int, kernels: tuple[int, int] = (6, 16)):
         super().__init__()
+        k1, k2 = kernels
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+            nn.Conv2d(in_channels, k1, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(k1, k2, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
         s2 = ((side - 4) // 2 - 4) // 2
-        flat = 16 * s2 * s2
+        flat = k2 * s2 * s2
         self.fc = nn.Sequential(nn.Linear(flat, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU())
         self.classifier = nn.Linear(84, num_classes)
 

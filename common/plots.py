@@ -17,7 +17,7 @@ METHOD_NAMES = {"fedavg": "FedAvg", "fedprox": "FedProx", "fedavgm": "FedAvgM", 
                 "fedlsd": "FedLSD", "fedgen": "FedGen", "feddf": "FedDF", "fedavg_hetero": "FedAvg (hetero)",
                 "feddf_hetero": "FedDF (hetero)", "feddistill": "FedDistill", "fedensemble": "FedEnsemble",
                 "local": "Local only", "central": "Centralised"}
-ROUND_AXES = ("round", "rounds", "step", "steps", "local_steps")
+ROUND_AXES = ("round", "rounds", "step", "steps", "local_steps", "visits")
 
 
 def _named(df: pd.DataFrame, hue: str | None, order):

@@ -33,6 +33,7 @@ class FLConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     lr_decay: float = 1.0            # lr_r = lr * lr_decay ** (r - 1), per round
+    clip_grad_norm: float = 0.0      # > 0: clip each local step's gradient to this norm (clip_grad_norm_)
     # aggregation
     weighting: str = "size"          # size (n_k / n) | uniform (1 / K)
     aggregate_buffers: bool = True   # average BatchNorm statistics too
@@ -54,6 +55,7 @@ class FLConfig:
         check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        check(self.clip_grad_norm >= 0, f"clip_grad_norm must be >= 0 (0 = off), got {self.clip_grad_norm}")
         check(0 < self.lr_decay <= 1, f"lr_decay must be in (0, 1], got {self.lr_decay}")
         check(self.weighting in ("size", "uniform"), f"weighting must be 'size' or 'uniform', got {self.weighting!r}")
         check(self.augment in ("none", "flip_crop", "flip_crop_cutout"),

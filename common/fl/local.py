@@ -11,7 +11,8 @@ DataLoader does, so BatchNorm's batch statistics and running averages never see 
 vectorised path keeps fixed shapes and is used with BatchNorm only when every batch is whole.
 
 - `train_vectorized`: the K clients as one computation, torch.func.vmap over stacked parameters
-  (functional_call + grad), with SGD (momentum, weight decay) written out functionally.
+  (functional_call + grad), with SGD (momentum, weight decay, optional gradient-norm clipping) written out
+  functionally.
 - `train_sequential`: client after client with torch.optim.SGD, the reference.
 Both call the method's `loss(params, buffers, x, y, w, shared, mine)`, so a method's local-loss term is
 written once.
@@ -120,6 +121,14 @@ def batch(data, plan: Plan, s: int, k: int | slice = slice(None)):
     return x.view(*idx.shape, *x.shape[1:]), data.y[idx], plan.weight[k, s]
 
 
+def clip_by_norm(grads: list, max_norm: float) -> list:
+    """Each client's gradient scaled to norm <= max_norm, as torch.nn.utils.clip_grad_norm_ (coefficient
+    max_norm / (norm + 1e-6), capped at 1): grads stacked [k, ...], the norm over all of a client's tensors."""
+    norms = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()          # [k]
+    coef = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    return [g * coef.view(-1, *[1] * (g.dim() - 1)) for g in grads]
+
+
 def _sgd_step(params: list, grads: list, momentum: list | None, lr: float, m: float, weight_decay: float):
     """torch.optim.SGD's rule (dampening 0, no Nesterov), in place on all tensors at once (views of the stacked
     client parameters): d = g + wd * p; buf = m * buf + d; p -= lr * buf."""
@@ -153,7 +162,10 @@ def train_vectorized(method, model: nn.Module, params: dict, buffers: dict, data
         p_k = {n: v[:k] for n, v in params.items()}
         b_k = {n: v[:k].clone() for n, v in buffers.items()}  # BatchNorm updates these in place
         grads, (_, ce) = step(p_k, b_k, x, y, w, shared, {n: v[:k] for n, v in mine.items()})
-        _sgd_step([p_k[n] for n in params], [grads[n] for n in params],
+        grads = [grads[n] for n in params]
+        if cfg.clip_grad_norm:
+            grads = clip_by_norm(grads, cfg.clip_grad_norm)
+        _sgd_step([p_k[n] for n in params], grads,
                   [momentum[n][:k] for n in params] if cfg.momentum else None, lr, cfg.momentum, cfg.weight_decay)
         for n, b in b_k.items():
             buffers[n][:k] = b
@@ -186,6 +198,8 @@ def train_sequential(method, model: nn.Module, params: dict, buffers: dict, data
             opt.zero_grad(set_to_none=True)
             loss, ce = method.loss(p_k, b_k, x, y, w, shared, mine_k)
             loss.backward()
+            if cfg.clip_grad_norm:
+                nn.utils.clip_grad_norm_(list(p_k.values()), cfg.clip_grad_norm)
             opt.step()
             losses[k] += ce.detach()
         check_finite(losses[k], f"the local training of the round's client {k}")  # one device sync per client

@@ -53,6 +53,7 @@ from common.fl import local
 from common.fl.aggregation import stack_states
 from common.fl.engine import ClientUpdate, Method, get_method, register_method, run_federated
 from common.fl.local import client_batches
+from common.fl.personal import gather, padded
 from common.models import MLP, register_model
 from common.train import DivergenceError
 from papers.perfedavg import partition  # noqa: F401  (registers the `dominant_classes` split)
@@ -132,17 +133,6 @@ def eval_generator(seed: int, round_: int, client: int) -> torch.Tensor:
     only, so every method adapts on the same batches; salted apart from the training plan's generators."""
     salted = (seed * 1_000_003 + round_) * 1_000_003 + client + 7_777_777
     return torch.Generator().manual_seed(salted % (2 ** 63))
-
-
-def padded(index_sets: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Index sets of different lengths as [U, L] indices (0 where padded) and [U, L] weights (1 real, 0 pad)."""
-    L = max(1, max(len(p) for p in index_sets))
-    idx = torch.zeros(len(index_sets), L, dtype=torch.long, device="cpu")
-    weight = torch.zeros(len(index_sets), L, device="cpu")
-    for u, p in enumerate(index_sets):
-        idx[u, :len(p)] = p
-        weight[u, :len(p)] = 1.0
-    return idx, weight
 
 
 class Personalised(Method):
@@ -281,15 +271,12 @@ class Personalised(Method):
         data = self.fed.train
         per_user = vmap(self.user_metrics, in_dims=(0 if batched else None,) + (0,) * 9)
 
-        def gather(idx):   # images at indices [..] -> normalised [.., C, H, W]
-            return data.normalize(data.x[idx].flatten(0, idx.dim() - 1)).view(*idx.shape, *data.shape)
-
         rows = []
         for lo in range(0, len(self.user_parts), EVAL_USER_CHUNK):
             u = slice(lo, lo + EVAL_USER_CHUNK)
             p = {n: v[u] for n, v in params.items()} if batched else params
-            rows.append(per_user(p, gather(a_idx[u]), data.y[a_idx[u]], a_w[u], gather(test_idx[u]),
-                                 data.y[test_idx[u]], test_w[u], gather(train_idx[u]), data.y[train_idx[u]],
+            rows.append(per_user(p, gather(data, a_idx[u]), data.y[a_idx[u]], a_w[u], gather(data, test_idx[u]),
+                                 data.y[test_idx[u]], test_w[u], gather(data, train_idx[u]), data.y[train_idx[u]],
                                  train_w[u]))
         return torch.cat(rows)
 
