@@ -194,6 +194,12 @@ class Method:
         return size, size
 
     # ------------------------------------------------------------------ evaluation
+    def personal_models(self, state: dict) -> dict | None:
+        """Every client's own parameters stacked [N, ...] for a method whose clients keep their own models
+        (Local-only, pFedHN), else None: every client uses the global model (what a personalised evaluation
+        starts from)."""
+        return None
+
     def model_with(self, state: dict) -> nn.Module:
         model = copy.deepcopy(self.model)
         model.load_state_dict(state)

@@ -64,6 +64,11 @@ class LocalOnly(Method):
     def message_bytes(self, state):
         return 0, 0
 
+    def personal_models(self, state):
+        """Each client's own parameters, stacked (a never-sampled client: the initial model)."""
+        return stack_states([{n: self.client_states.get(c, state)[n] for n in self.param_names}
+                             for c in range(len(self.fed.parts))])
+
     def evaluate(self, state, round_):
         models = {c: self.model_with(s) for c, s in self.client_states.items()}
         initial = self.model_with(state)

@@ -190,15 +190,12 @@ class Personalised(Method):
         return {n: b for n, b in self.model.named_buffers()}
 
     def eval_starts(self, state: dict) -> tuple[dict, bool]:
-        """The models the users adapt from: (params, batched). The global model (unbatched) for every method but
-        Local-only, whose users start from their own models, stacked [U, ...] (never-sampled users: the initial
-        model)."""
-        own = getattr(self, "client_states", None)
-        params = {n: state[n] for n in self.param_names}
+        """The models the users adapt from: (params, batched). The global model (unbatched), or for a method whose
+        users keep their own models (Local-only, pFedHN: `personal_models`) those, stacked [U, ...]."""
+        own = self.personal_models(state)
         if own is None:
-            return params, False
-        return stack_states([{n: own.get(c, state)[n] for n in self.param_names}
-                             for c in range(len(self.user_parts))]), True
+            return {n: state[n] for n in self.param_names}, False
+        return own, True
 
     def eval_sets(self):
         """Every user's test and training index sets, padded [U, T] / [U, N], moved to the device once per run."""

@@ -46,7 +46,7 @@ class PFedHNConfig(FLConfig):
     weight_decay: float = 5e-5            # --inner-wd
     clip_grad_norm: float = 50.0          # clip_grad_norm_(net.parameters(), 50)
     # the hypernetwork (CNNHyper)
-    embed_dim: int = -1                   # -1: 1 + n_clients / 4 (the code's `int(1 + num_nodes / 4)`)
+    embed_dim: int = -1                   # -1: 1 + n / 4, n every client (the code's `int(1 + num_nodes / 4)`)
     hn_hidden: int = 100                  # --hyper-hid
     hn_layers: int = 3                    # --n-hidden: hidden Linear(100, 100) layers after the first
     hn_lr: float = 1e-2                   # --lr (pFedHN-PC's script: 5e-2)
@@ -86,10 +86,6 @@ class PFedHNConfig(FLConfig):
         check(self.client_test_fraction == 0, "pFedHN's clients are tested on their share of the official test "
               "split (partition.py), not on a held-out part of their training data: leave client_test_fraction 0")
         super().__post_init__()
-
-    @property
-    def embedding_dim(self) -> int:
-        return int(1 + self.n_clients / 4) if self.embed_dim == -1 else self.embed_dim
 
     def engine_config(self) -> "PFedHNConfig":
         """The config the engine's loop runs: the trained clients only (the novel ones are never sampled), and

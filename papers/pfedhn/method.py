@@ -33,13 +33,14 @@ from torch import nn
 from common.experiments import ConfigError
 from common.fl import local
 from common.fl.aggregation import stack_states, state_bytes, weighted_average
-from common.fl.engine import ClientUpdate, Method, get_method, register_method, run_federated
+from common.fl.engine import ClientUpdate, Method, register_method, run_federated
 from common.fl.local import client_batches, client_generator
 from common.fl.methods import LocalOnly
 from common.fl.personal import gather, per_client_counts
 from common.models import LeNet, register_model
 from common.partition import class_counts
 from common.train import DivergenceError
+from papers.pfedhn.config import PFedHNConfig
 from papers.pfedhn.partition import SplitFederation
 
 HEAD = "classifier."   # the target network's last layer: the private head of pFedHN-PC and FedPer
@@ -75,23 +76,12 @@ class HyperNetwork(nn.Module):
         return self.generate(self.embeddings(clients))
 
 
-# ---------------------------------------------------------------------------------------------- evaluation
-class PooledPersonalised(Method):
-    """The code's evaluation for any method: `client_params(state)` gives every client's model, stacked [N, ...];
-    each is tested on its own validation and test splits (`SplitFederation`), read from the device once.
+# ---------------------------------------------------------------------------------------------- the server
+class Personal(Method):
+    """A method whose clients may keep part of the model (`private`: a parameter-name prefix): only the rest
+    travels, and message_bytes counts only that."""
 
-    Logged per evaluation: test_acc / val_acc (pooled over the trained clients: sum correct / sum samples),
-    test_loss / val_loss (the mean over clients of each client's mean loss), client_acc_min / _max / _std (the
-    clients' test accuracies), best_val_test_acc (the test accuracy at the evaluation with the best val_acc so
-    far) and, for methods with a global model, global_test_acc on the whole official test split."""
-
-    private: str | None = None   # the prefix of the parameters a client keeps (never sent); None: all travel
-
-    def __init__(self, cfg, fed, model):
-        super().__init__(cfg, fed, model)
-        self.n_trained = cfg.n_clients   # the engine's config holds the trained clients only
-        self.best = (-1.0, float("nan"))            # (best pooled val accuracy, test accuracy there)
-        self._sets = ()
+    private: str | None = None
 
     @property
     def shared_names(self) -> list[str]:
@@ -101,9 +91,106 @@ class PooledPersonalised(Method):
         size = state_bytes({n: state[n] for n in self.shared_names})
         return size, size
 
-    def client_params(self, state: dict) -> dict:
-        """Every client's model, {name: [N, ...]} (FedAvg: the global model for all)."""
-        return {n: state[n].expand(len(self.fed.parts), *state[n].shape) for n in self.param_names}
+
+class HypernetworkServer(Personal):
+    """pFedHN's server on any federation (see the module docstring): the hypernetwork over the shared tensors,
+    `start_state` sends theta_i = h(v_i; phi), `server_update` steps phi and v_i along the vector-Jacobian product.
+    Knobs come from the run's config, or PFedHNConfig's defaults when the config has none (the comparison runs
+    it in Per-FedAvg's setting)."""
+
+    def __init__(self, cfg, fed, model):
+        super().__init__(cfg, fed, model)
+        n = len(fed.parts)
+        embed = self.knob("embed_dim")
+        shapes = {name: p.shape for name, p in model.named_parameters() if name in self.shared_names}
+        self.hnet = HyperNetwork(n, int(1 + n / 4) if embed == -1 else embed, shapes, self.knob("hn_hidden"),
+                                 self.knob("hn_layers")).to(fed.device)
+        table = [p for name, p in self.hnet.named_parameters() if name.startswith("embeddings")]
+        rest = [p for name, p in self.hnet.named_parameters() if not name.startswith("embeddings")]
+        lr = self.knob("hn_lr")
+        self.optimizer = torch.optim.SGD([{"params": rest}, {"params": table, "lr": self.knob("embed_lr") or lr}],
+                                         lr=lr, momentum=self.knob("hn_momentum"),
+                                         weight_decay=self.knob("hn_weight_decay"))
+        self.generated: dict = {}
+
+    def knob(self, name: str):
+        return getattr(self.cfg, name, getattr(PFedHNConfig, name))
+
+    def start_state(self, state, clients):
+        """theta_i = h(v_i; phi) for the step's clients, the graph kept for `server_update`; sent detached."""
+        self.generated = self.hnet(torch.tensor(clients, device=self.fed.device))
+        start = stack_states([state] * len(clients))
+        start.update({n: v.detach() for n, v in self.generated.items()})
+        return start
+
+    def aggregate(self, state, update):
+        """No model is averaged: the server's step is the hypernetwork's (`server_update`)."""
+        return state
+
+    def server_update(self, state, averaged, update, round_):
+        """phi, v <- SGD along (d theta / d(phi, v))^T (theta - theta~), averaged over the step's clients, the
+        gradient clipped to norm `hn_clip` (`trainer.py`: autograd.grad with grad_outputs=delta_theta)."""
+        names = list(self.generated)
+        delta = [(self.generated[n].detach() - update.params[n]) / len(update.clients) for n in names]
+        params = list(self.hnet.parameters())
+        grads = torch.autograd.grad([self.generated[n] for n in names], params, grad_outputs=delta,
+                                    allow_unused=True)
+        for p, g in zip(params, grads):
+            p.grad = g
+        if self.knob("hn_clip"):
+            nn.utils.clip_grad_norm_(params, self.knob("hn_clip"))
+        self.optimizer.step()
+        self.generated = {}
+        return state
+
+    def personal_models(self, state):
+        """Every client's generated network, {name: [N, ...]} (the rest of the state, if any, shared)."""
+        generated = self.hnet(torch.arange(len(self.fed.parts), device=self.fed.device))
+        n = len(self.fed.parts)
+        return {name: generated[name] if name in generated else state[name].expand(n, *state[name].shape)
+                for name in self.param_names}
+
+
+@register_method("pfedhn")
+class PFedHNAnyFederation(HypernetworkServer):
+    """pFedHN for the comparison: on the engine's federation, evaluated as Local-only is (the clients' generated
+    models averaged on the test split; pooled on their own test splits when they have them)."""
+
+    def evaluate(self, state, round_):
+        with torch.no_grad():
+            models = self.personal_models(state)
+            test, n = self.fed.test, len(self.fed.parts)
+            everyone = [torch.arange(len(test), device=test.device)] * n
+            counts = per_client_counts(self.model, models, {}, test, everyone, self.cfg.eval_batch_size)
+            out = {"test_acc": (counts[:, 0] / counts[:, 2]).mean().item(), "test_loss": float("nan")}
+            if self.fed.client_test_parts is not None:
+                own = [p.to(test.device) for p in self.fed.client_test_parts]
+                mine = per_client_counts(self.model, models, {}, self.fed.train, own, self.cfg.eval_batch_size)
+                out["personal_acc"] = (mine[:, 0].sum() / mine[:, 2].sum().clamp_min(1)).item()
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+class PooledPersonalised(Personal):
+    """The code's evaluation for any method: every client's model (`personal_models`, else the global model) is
+    tested on its own validation and test splits (`SplitFederation`), read from the device once.
+
+    Logged per evaluation: test_acc / val_acc (pooled over the trained clients: sum correct / sum samples),
+    test_loss / val_loss (the mean over clients of each client's mean loss), client_acc_min / _max / _std (the
+    clients' test accuracies), best_val_test_acc (the test accuracy at the evaluation with the best val_acc so
+    far), visits (client visits so far) and, for FedAvg, global_test_acc on the whole official test split."""
+
+    def __init__(self, cfg, fed, model):
+        super().__init__(cfg, fed, model)
+        self.n_trained = cfg.n_clients   # the engine's config holds the trained clients only
+        self.best = (-1.0, float("nan"))            # (best pooled val accuracy, test accuracy there)
+        self._sets = ()
+
+    def client_models(self, state: dict) -> dict:
+        """Every client's model, {name: [N, ...]}: its own, or the global model for all."""
+        own = self.personal_models(state)
+        n = len(self.fed.parts)
+        return own if own is not None else {k: state[k].expand(n, *state[k].shape) for k in self.param_names}
 
     def eval_sets(self) -> tuple[list, list]:
         """Every client's validation and test index sets, moved to the device once."""
@@ -123,7 +210,7 @@ class PooledPersonalised(Method):
 
     def evaluate(self, state, round_):
         with torch.no_grad():
-            counts = self.split_counts(self.client_params(state), slice(0, self.n_trained))
+            counts = self.split_counts(self.client_models(state), slice(0, self.n_trained))
             extra = self.global_counts(state)
         counts, extra = counts.cpu().numpy(), extra.tolist()          # the evaluation's reads from the device
         out = {"visits": round_ * self.cfg.clients_per_round}
@@ -155,18 +242,16 @@ def pooled(counts: np.ndarray, split: str) -> dict:
     return {f"{split}_acc": float(counts[:, 0].sum() / n.sum()), f"{split}_loss": float((counts[:, 1] / n).mean())}
 
 
-@register_method("fedavg")
 class FedAvg(PooledPersonalised):
     """FedAvg, its global model tested on each client's own splits."""
 
+    name = "fedavg"
 
-@register_method("local")
+
 class Local(PooledPersonalised, LocalOnly):
     """Each client trains its own model only (LocalOnly), tested on its own splits."""
 
-    def client_params(self, state):
-        return stack_states([{n: self.client_states.get(c, state)[n] for n in self.param_names}
-                             for c in range(len(self.fed.parts))])
+    name = "local"
 
     def message_bytes(self, state):
         return 0, 0
@@ -196,13 +281,16 @@ class PrivateHead(PooledPersonalised):
         for n in self.head_names:
             self.heads[n][index] = update.params[n]
 
-    def client_params(self, state):
-        return self.with_heads(super().client_params(state), slice(None))
+    def personal_models(self, state):
+        n = len(self.fed.parts)
+        body = super().personal_models(state) or {k: state[k].expand(n, *state[k].shape) for k in self.param_names}
+        return self.with_heads(body, slice(None))
 
 
-@register_method("fedper")
 class FedPer(PrivateHead):
     """FedPer: FedAvg of the base layers, a private head per client."""
+
+    name = "fedper"
 
     def start_state(self, state, clients):
         return self.with_heads(super().start_state(state, clients), clients)
@@ -215,56 +303,16 @@ class FedPer(PrivateHead):
 
 
 # ---------------------------------------------------------------------------------------------- pFedHN
-@register_method("pfedhn")
-class PFedHN(PooledPersonalised):
-    """pFedHN: the server's hypernetwork generates each client's whole network (see the module docstring)."""
+class PFedHN(HypernetworkServer, PooledPersonalised):
+    """pFedHN: the server's hypernetwork generates each client's whole network, under the code's evaluation."""
 
-    def __init__(self, cfg, fed, model):
-        super().__init__(cfg, fed, model)
-        shapes = {n: p.shape for n, p in model.named_parameters() if n in self.shared_names}
-        self.hnet = HyperNetwork(len(fed.parts), cfg.embedding_dim, shapes, cfg.hn_hidden, cfg.hn_layers)
-        self.hnet.to(fed.device)
-        embed = [p for n, p in self.hnet.named_parameters() if n.startswith("embeddings")]
-        rest = [p for n, p in self.hnet.named_parameters() if not n.startswith("embeddings")]
-        self.optimizer = torch.optim.SGD([{"params": rest}, {"params": embed, "lr": cfg.embed_lr or cfg.hn_lr}],
-                                         lr=cfg.hn_lr, momentum=cfg.hn_momentum, weight_decay=cfg.hn_weight_decay)
-        self.generated: dict = {}
-
-    def start_state(self, state, clients):
-        """theta_i = h(v_i; phi) for the step's clients, the graph kept for `server_update`; sent detached."""
-        self.generated = self.hnet(torch.tensor(clients, device=self.fed.device))
-        start = stack_states([state] * len(clients))
-        start.update({n: v.detach() for n, v in self.generated.items()})
-        return start
-
-    def aggregate(self, state, update):
-        """No model is averaged: the server's step is the hypernetwork's (`server_update`)."""
-        return state
-
-    def server_update(self, state, averaged, update, round_):
-        """phi, v <- SGD along (d theta / d(phi, v))^T (theta - theta~), averaged over the step's clients, the
-        gradient clipped to norm `hn_clip` (`trainer.py`: autograd.grad with grad_outputs=delta_theta)."""
-        names = list(self.generated)
-        delta = [(self.generated[n].detach() - update.params[n]) / len(update.clients) for n in names]
-        params = list(self.hnet.parameters())
-        grads = torch.autograd.grad([self.generated[n] for n in names], params, grad_outputs=delta,
-                                    allow_unused=True)
-        for p, g in zip(params, grads):
-            p.grad = g
-        if self.cfg.hn_clip:
-            nn.utils.clip_grad_norm_(params, self.cfg.hn_clip)
-        self.optimizer.step()
-        self.generated = {}
-        return state
-
-    def client_params(self, state):
-        """Every client's generated network, {name: [N, ...]}."""
-        return self.hnet(torch.arange(len(self.fed.parts), device=self.fed.device))
+    name = "pfedhn"
 
 
-@register_method("pfedhn_pc")
 class PFedHNPC(PrivateHead, PFedHN):
     """pFedHN-PC: the hypernetwork generates the feature extractor; each client trains a private head."""
+
+    name = "pfedhn_pc"
 
     def start_state(self, state, clients):
         return self.with_heads(super().start_state(state, clients), clients)
@@ -272,6 +320,11 @@ class PFedHNPC(PrivateHead, PFedHN):
     def aggregate(self, state, update):
         self.keep_heads(update)
         return state
+
+
+# the paper's methods and baselines, all under the pooled evaluation and `SplitFederation`: kept out of the engine's
+# registry (whose `fedavg` and `local` run on any federation with the global evaluation)
+METHODS = {cls.name: cls for cls in (PFedHN, PFedHNPC, FedAvg, Local, FedPer)}
 
 
 # ---------------------------------------------------------------------------------------------- novel clients
@@ -311,7 +364,7 @@ def tune_novel_clients(method: PFedHN) -> dict:
 def evaluate_clients(method: PooledPersonalised, clients: slice) -> dict:
     """Pooled validation and test accuracy and loss of `clients` with their current models."""
     with torch.no_grad():
-        counts = method.split_counts(method.client_params({}), clients).cpu().numpy()
+        counts = method.split_counts(method.client_models({}), clients).cpu().numpy()
     return pooled(counts[0], "val") | pooled(counts[1], "test")
 
 
@@ -321,7 +374,7 @@ def train(cfg, seed: int, record, device: torch.device | str = "cpu") -> None:
     clients, if any, never sampled), then the novel clients' embeddings; summary values as the code reports."""
     fed = SplitFederation.build(cfg, seed, device)
     try:
-        method = run_federated(cfg.engine_config(), seed, record, get_method(cfg.method), fed=fed)
+        method = run_federated(cfg.engine_config(), seed, record, METHODS[cfg.method], fed=fed)
     except DivergenceError as exc:
         raise DivergenceError(f"{cfg.method}: {exc}") from None
     history = record.history
