@@ -167,10 +167,10 @@ def test_bad_config_values(kw, message):
 
 
 def test_visits_become_engine_rounds():
-    cfg = PFedHNConfig(method="fedavg", n_clients=10, participation=1.0, rounds=500, eval_every=50)
+    cfg = PFedHNConfig(method="fedavg", n_clients=10, participation=1.0, rounds=500, eval_every=50, vectorize=True)
     engine = cfg.engine_config()
     assert (engine.rounds, engine.eval_every, engine.vectorize) == (50, 5, True)
-    engine = PFedHNConfig(n_clients=10, participation=0.1, rounds=500).engine_config()
+    engine = PFedHNConfig(n_clients=10, participation=0.1, rounds=500, vectorize=True).engine_config()
     assert (engine.rounds, engine.vectorize) == (500, False)                  # one client: the sequential path
 
 

@@ -3,8 +3,9 @@
 The baselines live in common/fl; each FL paper registers its own method (and says which config dataclass
 carries its knobs through the method's `config_cls`), so the comparison runs them unchanged.
 
-The personalisation panel (settings `pers_*`, `personalised_eval: true`) runs FedAvg, Local-only and Per-FedAvg
-(FO, HF) in Per-FedAvg's setting (its config, users' split and MLP) and evaluates every one of them with
+The personalisation panel (settings `pers_*`, `personalised_eval: true`) runs FedAvg, Local-only, Per-FedAvg
+(FO, HF) and pFedHN (its hypernetwork server with the official code's defaults, one user per step) in Per-FedAvg's
+setting (its config, users' split and MLP) and evaluates every one of them with
 Per-FedAvg's personalised protocol (`papers.perfedavg.method.train`: each user adapts the model with one SGD step
 of alpha on its own training data, then is tested on its own test split), so no method is compared adapted
 against unadapted."""
@@ -21,7 +22,7 @@ from common.experiments import check
 from common.fl import METHODS, FLConfig, get_method, run_federated
 from common.fl.engine import rounds_to_target
 from common.results import RunRecord
-from papers.perfedavg.config import PerFedAvgConfig
+from papers.perfedavg.config import BASELINES, VARIANTS, PerFedAvgConfig
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class PersonalisedConfig(PerFedAvgConfig):
     inner step alpha = `inner_lr` and the outer / local step beta = `lr`) for any of its methods, FedAvg and
     Local-only included; `run` evaluates it with Per-FedAvg's personalised protocol whatever the method."""
 
+    methods = VARIANTS + BASELINES + ("pfedhn",)   # pFedHN's server on the engine's federation (papers/pfedhn)
     personalised_eval: bool = True   # the marker a setting gives to join the panel (see `config_class`)
 
     def __post_init__(self):
@@ -78,4 +80,5 @@ def run_personalised(cfg: PersonalisedConfig, seed: int, record: RunRecord,
     pers_acc_{A} per evaluation and their final values (final_pers_acc_*, final_adapt_gain) in the summary."""
     from papers.perfedavg.method import train   # registers Per-FedAvg's methods, model and users' split
 
+    import_paper_methods()                      # pFedHN's server, registered by papers/pfedhn/method.py
     train(cfg, seed, record, device)

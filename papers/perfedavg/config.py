@@ -9,6 +9,7 @@ adaptation, for every method).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from common.experiments import check
 from common.fl.config import FLConfig
@@ -19,6 +20,7 @@ BASELINES = ("fedavg", "local", "central")   # engine methods, run with the same
 
 @dataclass(frozen=True)
 class PerFedAvgConfig(FLConfig):
+    methods: ClassVar[tuple[str, ...]] = VARIANTS + BASELINES   # what `method` may name
     method: str = "perfedavg_hf"          # one of VARIANTS or BASELINES
     dataset: str = "mnist"                # the paper: MNIST and CIFAR-10
     model: str = "perfedavg_mlp"          # MLP, hidden 80-60, ELU [mem; KT the same]
@@ -48,8 +50,7 @@ class PerFedAvgConfig(FLConfig):
     eval_every: int = 50
 
     def __post_init__(self):
-        check(self.method in VARIANTS + BASELINES,
-              f"method must be one of {', '.join(VARIANTS + BASELINES)}, got {self.method!r}")
+        check(self.method in self.methods, f"method must be one of {', '.join(self.methods)}, got {self.method!r}")
         check(self.inner_lr > 0, f"inner_lr (alpha) must be > 0, got {self.inner_lr}")
         check(self.hf_delta > 0, f"hf_delta must be > 0, got {self.hf_delta}")
         check(self.maml_hessian_batch in ("independent", "inner"),

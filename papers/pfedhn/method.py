@@ -101,19 +101,19 @@ class HypernetworkServer(Personal):
     def __init__(self, cfg, fed, model):
         super().__init__(cfg, fed, model)
         n = len(fed.parts)
-        embed = self.knob("embed_dim")
+        embed = self.hn_knob("embed_dim")
         shapes = {name: p.shape for name, p in model.named_parameters() if name in self.shared_names}
-        self.hnet = HyperNetwork(n, int(1 + n / 4) if embed == -1 else embed, shapes, self.knob("hn_hidden"),
-                                 self.knob("hn_layers")).to(fed.device)
+        self.hnet = HyperNetwork(n, int(1 + n / 4) if embed == -1 else embed, shapes, self.hn_knob("hn_hidden"),
+                                 self.hn_knob("hn_layers")).to(fed.device)
         table = [p for name, p in self.hnet.named_parameters() if name.startswith("embeddings")]
         rest = [p for name, p in self.hnet.named_parameters() if not name.startswith("embeddings")]
-        lr = self.knob("hn_lr")
-        self.optimizer = torch.optim.SGD([{"params": rest}, {"params": table, "lr": self.knob("embed_lr") or lr}],
-                                         lr=lr, momentum=self.knob("hn_momentum"),
-                                         weight_decay=self.knob("hn_weight_decay"))
+        lr = self.hn_knob("hn_lr")
+        self.optimizer = torch.optim.SGD([{"params": rest}, {"params": table, "lr": self.hn_knob("embed_lr") or lr}],
+                                         lr=lr, momentum=self.hn_knob("hn_momentum"),
+                                         weight_decay=self.hn_knob("hn_weight_decay"))
         self.generated: dict = {}
 
-    def knob(self, name: str):
+    def hn_knob(self, name: str):
         return getattr(self.cfg, name, getattr(PFedHNConfig, name))
 
     def start_state(self, state, clients):
@@ -137,8 +137,8 @@ class HypernetworkServer(Personal):
                                     allow_unused=True)
         for p, g in zip(params, grads):
             p.grad = g
-        if self.knob("hn_clip"):
-            nn.utils.clip_grad_norm_(params, self.knob("hn_clip"))
+        if self.hn_knob("hn_clip"):
+            nn.utils.clip_grad_norm_(params, self.hn_knob("hn_clip"))
         self.optimizer.step()
         self.generated = {}
         return state
