@@ -271,7 +271,7 @@ def _save_cache(path: Path, x: np.ndarray, y: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _verified_sha256(path: Path) -> str:
+def verified_sha256(path: Path) -> str:
     """sha256 of a source file, remembered in the cache by (path, size, mtime) so an unchanged file is hashed
     once; any change of content changes its size or mtime and is hashed again."""
     import json
@@ -299,7 +299,7 @@ def verify(name: str) -> str:
     if len(present) < len(spec.files):
         return "download"
     for rel, digest in spec.files.items():
-        if _verified_sha256(root / rel) != digest:
+        if verified_sha256(root / rel) != digest:
             raise DataCorruptError(
                 f"{name}: {root / rel} does not match its sha256 in shared/data/MANIFEST.md; the file is damaged "
                 "or a different version: replace it with the original (check with python ../shared/data/check.py)")

