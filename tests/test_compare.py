@@ -82,9 +82,17 @@ def test_the_panel_is_perfedavgs_own_setting_for_every_method(scale):
     for method, setting in PANEL[scale].items():
         cfg = cli.build("compare", config_class, scale, setting)
         assert type(cfg) is PersonalisedConfig and cfg.personalised_eval and cfg.method == method
-        own = dataclasses.asdict(cli.build("perfedavg", PerFedAvgConfig, scale, method))
         ours = dataclasses.asdict(cfg)
         assert ours.pop("personalised_eval") is True
+        if method == "pfedhn":   # one user per step: its rounds and eval_every count steps, k per round of FedAvg
+            own = dataclasses.asdict(cli.build("perfedavg", PerFedAvgConfig, scale, "fedavg"))
+            k = round(own["participation"] * own["n_clients"])
+            assert round(ours.pop("participation") * ours["n_clients"]) == 1 and ours.pop("method") == "pfedhn"
+            own.pop("participation"), own.pop("method")
+            assert ours.pop("eval_every") == k * own.pop("eval_every") and ours["rounds"] % k == 0
+            ours["rounds"] //= k
+        else:
+            own = dataclasses.asdict(cli.build("perfedavg", PerFedAvgConfig, scale, method))
         if scale == "quick":
             assert ours["rounds"] == 200 < own["rounds"]
             ours.pop("rounds"), own.pop("rounds")
@@ -141,7 +149,7 @@ def test_every_panel_method_reports_personalised_accuracy_before_and_after_one_s
         cfg = cli.build("compare", config_class, "smoke", setting)
         record = RunRecord("compare", setting, 0, "smoke", {})
         method.run(cfg, 0, record, "cpu")
-        assert len(record.history) == cfg.rounds   # eval_every 1
+        assert len(record.history) == cfg.rounds // cfg.eval_every
         for row in record.history:
             assert {"pers_acc_0", "pers_acc_1", "pers_acc_5", "meta_objective"} <= set(row), (m, sorted(row))
             assert 0 <= row["pers_acc_0"] <= 1 and 0 <= row["pers_acc_1"] <= 1
@@ -157,7 +165,8 @@ def test_every_panel_method_reports_personalised_accuracy_before_and_after_one_s
 
 def test_the_panels_table_and_reading_follow_the_numbers():
     settings = PANEL["quick"]
-    acc = {"fedavg": (0.93, 0.935), "perfedavg_fo": (0.92, 0.94), "perfedavg_hf": (0.90, 0.942), "local": (0.85, 0.86)}
+    acc = {"fedavg": (0.93, 0.935), "perfedavg_fo": (0.92, 0.94), "perfedavg_hf": (0.90, 0.942),
+           "pfedhn": (0.95, 0.951), "local": (0.85, 0.86)}
     rows = []
     for m, (before, after) in acc.items():
         for seed, noise in enumerate((0.0, 0.001, -0.001)):
@@ -166,12 +175,14 @@ def test_the_panels_table_and_reading_follow_the_numbers():
                          "final_adapt_gain": after - before, "final_test_acc": before})
     summary = pd.DataFrame(rows)
     table = table_personalisation(summary, settings)
-    assert list(table["method"]) == ["FedAvg", "Per-FedAvg (FO)", "Per-FedAvg (HF)", "Local-only"]
-    assert list(table["before adaptation (%)"]) == ["93.00 ± 0.10", "92.00 ± 0.10", "90.00 ± 0.10", "85.00 ± 0.10"]
-    assert list(table["after 1 step (%)"])[2] == "94.20 ± 0.10" and list(table["seeds"]) == [3] * 4
+    assert list(table["method"]) == ["FedAvg", "Per-FedAvg (FO)", "Per-FedAvg (HF)", "pFedHN", "Local-only"]
+    assert list(table["before adaptation (%)"]) == ["93.00 ± 0.10", "92.00 ± 0.10", "90.00 ± 0.10", "95.00 ± 0.10",
+                                                    "85.00 ± 0.10"]
+    assert list(table["after 1 step (%)"])[2] == "94.20 ± 0.10" and list(table["seeds"]) == [3] * 5
     assert table["after 1 step, − FedAvg + 1 step (paired)"][2] == "+0.70 ± 0.00 pt (higher)"
     text = pers_reading(summary, settings, {"client_samples": 750, "client_test_fraction": 0.2})
     assert "a model trained to be adapted" in text and "collaboration pays" in text and "~600" in text
+    assert "pFedHN + 1 step − FedAvg + 1 step +1.60 ± 0.00 pt (higher)" in text
     flipped = summary.assign(final_adapt_gain=-summary["final_adapt_gain"])
     assert "a model trained to be adapted" not in pers_reading(flipped, settings, {"client_samples": 750,
                                                                                    "client_test_fraction": 0.2})

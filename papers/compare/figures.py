@@ -28,7 +28,7 @@ METHOD_ORDER = ["central", "fedavg", "fedprox", "fedavgm", "local", "fedntd", "f
 REFERENCE = "ref"          # method label of the regime references (ref_<panel>_full)
 PERSONAL = "pers"          # prefix of the personalisation panel's settings (pers_<method>[_<scale>])
 PERS_METHODS = {"fedavg": "FedAvg", "perfedavg_fo": "Per-FedAvg (FO)", "perfedavg_hf": "Per-FedAvg (HF)",
-                "local": "Local-only"}   # the panel's methods (a run's config `method`), in table order
+                "pfedhn": "pFedHN", "local": "Local-only"}   # the panel's methods (a run's `method`), in order
 PERS_WHEN = {"final_pers_acc_0": "before adaptation", "final_pers_acc_1": "after 1 step"}
 PERS_CLAIMS = ("The personalisation panel's checks (`pers_*`) compare methods in Per-FedAvg's setting "
                "instead, every one judged after the same one-step adaptation (see its section). ")
@@ -300,7 +300,9 @@ depend on the seed, the round and the user only, so every method adapts on the s
 method is compared adapted against unadapted. FedAvg and Local-only train as usual and are then
 adapted (FedAvg + 1 step, Local-only + 1 step); Per-FedAvg trains its model for this one step (it
 minimises F(w) = (1/n) Σ_i f_i(w − α∇f_i(w)); FO drops the Hessian term of ∇F, HF approximates it
-by a finite difference of gradients).
+by a finite difference of gradients). pFedHN (papers/pfedhn, Shamsian et al. 2021; its hypernetwork with the
+official code's defaults) visits one user per step for {per_round} × {cfg['rounds']} steps, the same client
+visits and local steps; its users start from the networks the hypernetwork generates for them.
 """
 
 
@@ -341,6 +343,10 @@ def pers_reading(summary: pd.DataFrame, settings: dict, cfg: dict) -> str:
                    f"Per-FedAvg (HF)'s {acc('perfedavg_hf', 'final_pers_acc_0')} %; one step gains FedAvg "
                    f"{acc('fedavg', 'final_adapt_gain')} pt and HF {acc('perfedavg_hf', 'final_adapt_gain')} "
                    f"pt (HF − FedAvg: {describe(gain)}){GAIN_MEANING.get(_direction(gain), '')}.")
+    if "pfedhn" in settings and "fedavg" in settings:
+        out.append(f"- *pFedHN*: each user's generated network scores {acc('pfedhn', 'final_pers_acc_0')} % "
+                   f"before adaptation and {acc('pfedhn')} % after one step; pFedHN + 1 step − FedAvg + 1 step "
+                   f"{describe(diff('pfedhn'))}.")
     if "local" in settings and "fedavg" in settings:
         local = diff("local")
         own = int(round(cfg["client_samples"] * (1 - cfg["client_test_fraction"])))
@@ -354,7 +360,8 @@ def personalisation_section(rep: Report, records, summary: pd.DataFrame) -> None
     settings = pers_settings(records)
     if not settings:
         return
-    first = next(r for r in records if is_personal(r.setting))
+    personal = [r for r in records if is_personal(r.setting)]
+    first = next((r for r in personal if r.config["method"] == "fedavg"), personal[0])   # the panel's rounds
     seeds = sorted({r.seed for r in records if is_personal(r.setting)})
     rep.section("Personalisation: what Per-FedAvg buys (its setting, one adaptation step for every method)",
                 pers_setup_text(first.config, seeds))

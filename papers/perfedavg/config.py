@@ -9,7 +9,6 @@ adaptation, for every method).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 from common.experiments import check
 from common.fl.config import FLConfig
@@ -20,7 +19,7 @@ BASELINES = ("fedavg", "local", "central")   # engine methods, run with the same
 
 @dataclass(frozen=True)
 class PerFedAvgConfig(FLConfig):
-    methods: ClassVar[tuple[str, ...]] = VARIANTS + BASELINES   # what `method` may name
+    methods = VARIANTS + BASELINES   # what `method` may name (a class attribute, not a field)
     method: str = "perfedavg_hf"          # one of VARIANTS or BASELINES
     dataset: str = "mnist"                # the paper: MNIST and CIFAR-10
     model: str = "perfedavg_mlp"          # MLP, hidden 80-60, ELU [mem; KT the same]
