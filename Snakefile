@@ -13,6 +13,7 @@ configfile: wf.config_file(os.path.join(workflow.basedir, "config", "config.yaml
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/papers.smk"
+include: "workflow/rules/teachers.smk"
 
 
 rule all:

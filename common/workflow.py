@@ -193,6 +193,53 @@ def run_records(paper: str, scale: str, seeds: list[int] | None) -> list[str]:
     return [f"results/{scale}/{paper}/{run}.json" for run in experiments.run_ids(paper, scale, seeds)]
 
 
+# ---------------------------------------------------------------------------------------- cached teachers
+# A paper whose scale names a `teacher:` in experiments.yaml (KD-SVD) trains one teacher per seed with
+# `python -m papers.<paper> teacher --scale S --seed k --out results/<scale>/<paper>/teacher/seed<k>.pt` (rule
+# teacher, workflow/rules/teachers.smk; the record beside it is teacher/teacher-seed<k>.json); every run of that
+# seed takes the weights as an input and reads them from that path (the paper's CLI derives it from --out:
+# results/<scale>/<paper>/<setting>/seed<k>.json -> ../../teacher/seed<k>.pt), so rule run's command and params, which
+# are rerun triggers of every paper's runs, are unchanged. Other papers' runs get no input.
+def teacher_spec(paper: str, scale: str) -> dict | None:
+    """The scale's teacher overrides (experiments.yaml `scales.<scale>.teacher`), or None: no teacher."""
+    spec = experiments.scale_spec(paper, scale)
+    return (spec.get("teacher") or {}) if "teacher" in spec else None
+
+
+def teacher_papers() -> list[str]:
+    """The papers with a teacher at some scale."""
+    return [p for p in papers() if any("teacher" in (s or {}) for s in experiments.experiments(p)["scales"].values())]
+
+
+def teacher_path(paper: str, scale: str, seed) -> str:
+    """Where rule teacher writes a seed's teacher (and where the paper's `run` looks for it by default)."""
+    return f"results/{scale}/{paper}/teacher/seed{seed}.pt"
+
+
+def teacher_record(paper: str, scale: str, seed) -> str:
+    return f"results/{scale}/{paper}/teacher/teacher-seed{seed}.json"
+
+
+def run_teacher(paper: str, scale: str, seed) -> dict:
+    """Rule run's extra input: {"teacher": <the seed's teacher weights>} for a paper with a teacher at this
+    scale, else nothing."""
+    return {"teacher": teacher_path(paper, scale, seed)} if teacher_spec(paper, scale) is not None else {}
+
+
+def teacher_settings(paper: str, scale: str) -> str:
+    """The scale's teacher overrides as JSON: a changed teacher config retrains the teachers (a params trigger;
+    the students follow, their input being newer)."""
+    return json.dumps(teacher_spec(paper, scale), sort_keys=True)
+
+
+def teacher_records(paper: str, scale: str, seeds: list[int] | None) -> list[str]:
+    """The teachers' records a report reads (one per seed its runs use), none for a paper without a teacher."""
+    if teacher_spec(paper, scale) is None:
+        return []
+    used = sorted({int(run.rsplit("seed", 1)[1]) for run in experiments.run_ids(paper, scale, seeds)})
+    return [teacher_record(paper, scale, seed) for seed in used]
+
+
 def captions(build: str) -> dict:
     """The figures' own captions (written by common.report.Report) for Snakemake's HTML report."""
     path = Path(build) / "captions.json"  # relative to Snakemake's working directory

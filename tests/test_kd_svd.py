@@ -299,3 +299,284 @@ def test_a_distillation_step_makes_no_tensor_without_a_device_and_reads_nothing_
         combined = multitask_gradients(g_task, [None, None], list(g_dist), epoch=1)
     assert all(g.device.type == "cpu" and torch.isfinite(g).all() for g in combined)
     assert counts["host_reads"] == 0 and counts["cross_device_copies"] == 0
+
+
+# ------------------------------------------------------------------------------ runs: the centralised loop (#15)
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from common.data import Dataset  # noqa: E402
+from common.experiments import ConfigError, build_config, settings  # noqa: E402
+from common.train import TrainConfig, epoch_plan, lr_at, sgd, stratified_subset, train_epochs  # noqa: E402
+from papers.kd_svd import method as kd_method  # noqa: E402
+from papers.kd_svd.config import METHODS, KDConfig, TeacherConfig  # noqa: E402
+from tests.conftest import REPO, needs_cifar  # noqa: E402
+
+SMOKE_SETTINGS = ["student", "fsp", "kd_svd", "kd_eid"]
+
+
+def toy_data(n=64, side=16, classes=10, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return Dataset("toy", "train", torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=gen),
+                   torch.randint(0, classes, (n,), generator=gen), (0.5,) * 3, (0.25,) * 3, classes)
+
+
+def test_learning_rate_schedules_and_the_stratified_subset():
+    step = TrainConfig(epochs=10, lr=0.1, lr_schedule="step", lr_milestones=(0.3, 0.6, 0.8))
+    assert [round(lr_at(step, e), 6) for e in (0, 2, 3, 5, 6, 8, 9)] == [0.1, 0.1, 0.01, 0.01, 0.001, 1e-4, 1e-4]
+    cosine = TrainConfig(epochs=4, lr=0.2, lr_schedule="cosine")
+    assert lr_at(cosine, 0) == pytest.approx(0.2) and lr_at(cosine, 2) == pytest.approx(0.1)
+    assert lr_at(cosine, 3, 0.999) < 1e-4
+    y = torch.arange(10).repeat_interleave(50)                   # 10 classes of 50
+    idx = stratified_subset(y, 0.1, torch.Generator().manual_seed(0))
+    assert torch.equal(torch.bincount(y[idx]), torch.full((10,), 5))
+    assert not torch.equal(idx, stratified_subset(y, 0.1, torch.Generator().manual_seed(1)))
+
+
+def test_an_epoch_plan_repeats_with_its_seed_and_covers_every_sample_once():
+    cfg = TrainConfig(batch_size=24)
+    a, b = (epoch_plan(100, cfg, 32, torch.Generator().manual_seed(3), "cpu") for _ in range(2))
+    assert all(torch.equal(i, j) and all(torch.equal(p[k], q[k]) for k in p) for (i, p), (j, q) in zip(a, b))
+    assert torch.equal(torch.cat([i for i, _ in a]).sort().values, torch.arange(100))
+    assert [len(i) for i, _ in a] == [24, 24, 24, 24, 4]
+
+
+@pytest.mark.parametrize("method", ["student", "hinton", "fsp", "at", "kd_svd", "kd_eid"])
+def test_a_student_epoch_makes_no_tensor_without_a_device_and_reads_the_host_once(method):
+    data = toy_data()
+    cfg = KDConfig(method=method, dataset="toy", widths=(4, 4, 8, 8), epochs=1, batch_size=32, init_epochs=0)
+    student = kd_method.KDResNet(3, 10, cfg.widths, 1)
+    teacher = kd_method.freeze(kd_method.KDResNet(3, 10, cfg.widths, 2))
+    step = kd_method.StudentStep(cfg, student, teacher, nn.ModuleList())
+    optimizer = sgd(step.params, cfg)
+    data.normalize(data.x[:1])   # builds the cached mean and std outside the guard
+    with device_guard() as counts:
+        [(epoch, loss, _)] = list(train_epochs(student, data, cfg, optimizer, step, torch.Generator().manual_seed(1)))
+    assert epoch == 1 and math.isfinite(loss)
+    assert counts["host_reads"] == 1 and counts["cross_device_copies"] == 0
+
+
+def test_kd_svd_step_clips_each_distillation_gradient_to_the_task_gradients_norm():
+    """The student step of KD-SVD applies multitask_gradients (op_util.py, 'KD-'): per tensor the applied
+    gradient minus the CE gradient has norm <= ‖g_CE‖ · sigmoid(epoch)."""
+    data = toy_data()
+    cfg = KDConfig(method="kd_svd", dataset="toy", widths=(4, 4, 8, 8), batch_size=64, weight_decay=0.0)
+    student = kd_method.KDResNet(3, 10, cfg.widths, 1)
+    teacher = kd_method.freeze(kd_method.KDResNet(3, 10, cfg.widths, 2))
+    step = kd_method.StudentStep(cfg, student, teacher, nn.ModuleList())
+    x, y = data.normalize(data.x), data.y
+    g_ce = torch.autograd.grad(nn.functional.cross_entropy(student(x), y), step.params)
+    step(x, y, epoch=0)
+    excess = [(p.grad - g).norm() / (g.norm() * 0.5) for p, g in zip(step.params, g_ce)]
+    assert max(excess) <= 1 + 1e-4 and max(excess) > 0.99   # at the bound somewhere: the clip acts here
+
+
+def test_the_alignment_ablation_differs_from_kd_svd_only_by_align_rsv(monkeypatch):
+    gen = torch.Generator().manual_seed(15)
+    teacher, student = [], []
+    for point, (N, h, w) in enumerate(((16, 4, 4), (4, 2, 2))):   # two points of 8 channels: [HW, C] [16, 8], [4, 8]
+        X, Q2 = separated(2, N, 8, gen)                           # spectrum 5, 4, 3, ...; right vectors Q2
+        teacher.append(X.mT.reshape(2, 8, h, w))
+        k = Q2.shape[-1]
+        order = [1, 0, *range(2, k)] if point == 0 else list(range(k))   # at point 0 the two leading swap
+        s = torch.tensor([5.0 - i for i in range(k)], dtype=torch.float64)
+        U = orthonormal(2, N, k, gen)
+        student.append((U @ torch.diag_embed(s.expand(2, k)) @ Q2[..., order].mT).mT.reshape(2, 8, h, w))
+    aligned = kd_svd_loss(student, teacher)
+    unaligned = kd_method.kd_svd_loss_unaligned(student, teacher)
+    assert aligned.item() < 1e-20 and unaligned.item() > 1e-4   # Align_rsv finds the teacher's vector second
+    import papers.kd_svd.losses as losses
+    monkeypatch.setattr(losses, "align_rsv", lambda V_S, V_T: V_S[..., :V_T.shape[-1]])   # no alignment
+    torch.testing.assert_close(kd_svd_loss(student, teacher), unaligned)
+
+
+def test_bad_config_values_give_one_clear_config_error():
+    for overrides, message in [({"method": "kd"}, "method must be one of student, hinton"),
+                               ({"widths": [8, 16, 32]}, "widths must be 4 positive ints"),
+                               ({"widths": [8, 8, 2, 32]}, r"svd_k \+ 3 = 4 student candidates"),
+                               ({"train_fraction": 0}, r"train_fraction must be in \(0, 1\]"),
+                               ({"lr_schedule": "poly"}, "lr_schedule must be one of step, cosine, constant"),
+                               ({"lr_milestones": [0.8, 0.3]}, "lr_milestones must be increasing"),
+                               ({"init_epochs": -1}, "init_epochs must be >= 0"),
+                               ({"kd_alpha": 1.5}, r"kd_alpha must be in \[0, 1\]"),
+                               ({"temperature": 4}, r"unknown config key\(s\) \['temperature'\]")]:
+        with pytest.raises(ConfigError, match=message):
+            build_config(KDConfig, overrides)
+    with pytest.raises(ConfigError, match="blocks .* must be >= 1"):
+        build_config(TeacherConfig, {"blocks": 0})
+    # through the CLI: one line on stderr, exit status 2, nothing written
+    out = REPO / "results" / "never" / "x.json"
+    proc = subprocess.run([sys.executable, "-m", "papers.kd_svd", "run", "--scale", "smoke", "--setting", "kd_svd",
+                           "--set", "method=kd", "--out", str(out)], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "method must be one of" in proc.stderr
+    assert not out.exists()
+
+
+def test_every_scale_names_a_teacher_that_fits_each_of_its_settings():
+    from papers.kd_svd.__main__ import check_teacher
+
+    for scale in ("smoke", "quick", "paper"):
+        check_teacher(scale)
+        assert "teacher" not in settings("kd_svd", scale)
+
+
+def test_the_workflow_gives_kd_svd_runs_the_teacher_their_cli_reads_and_other_papers_nothing():
+    from common import workflow
+    from papers.kd_svd.__main__ import default_teacher_path
+
+    assert workflow.run_teacher("kd_svd", "smoke", "3") == {"teacher": "results/smoke/kd_svd/teacher/seed3.pt"}
+    assert str(default_teacher_path("results/smoke/kd_svd/kd_eid/seed3.json", 3)) == workflow.teacher_path(
+        "kd_svd", "smoke", 3)
+    assert workflow.run_teacher("gradient_dropping", "smoke", "0") == {}
+    assert workflow.teacher_records("gradient_dropping", "smoke", None) == []
+    assert workflow.teacher_records("kd_svd", "quick", None) == [
+        f"results/quick/kd_svd/teacher/teacher-seed{k}.json" for k in (0, 1, 2)]
+    assert workflow.teacher_papers() == ["kd_svd"]
+    assert json.loads(workflow.teacher_settings("kd_svd", "smoke"))["blocks"] == 2   # the params trigger
+
+
+# ----------------------------------------------------------------------------------- runs through the CLI (#15)
+@pytest.fixture(scope="module")
+def smoke_teacher(tmp_path_factory):
+    """The smoke teacher of seed 0, trained once through the CLI (`teacher`), at the workflow's path."""
+    from papers.kd_svd.__main__ import main
+
+    results = tmp_path_factory.mktemp("kd") / "results"
+    path = results / "teacher" / "seed0.pt"
+    assert main(["teacher", "--scale", "smoke", "--seed", "0", "--device", "cpu", "--out", str(path)]) == 0
+    return results, path
+
+
+@needs_cifar
+@pytest.mark.parametrize("method", METHODS)
+def test_the_teachers_weights_never_change_while_a_student_trains(smoke_teacher, method, monkeypatch, tmp_path):
+    """Every method's student run (the real `train`) leaves the teacher it distils from exactly as loaded: its
+    weights and its BN statistics (the teacher runs in eval mode, outside the optimiser)."""
+    from papers.kd_svd.__main__ import main
+
+    _, path = smoke_teacher
+    loaded = {}
+    real_load = kd_method.load_teacher
+
+    def spy(*args, **kwargs):
+        out = real_load(*args, **kwargs)
+        loaded["teacher"] = out[0]
+        return out
+
+    monkeypatch.setattr(kd_method, "load_teacher", spy)
+    out = tmp_path / "run.json"
+    assert main(["run", "--scale", "smoke", "--setting", "kd_svd", "--set", f"method={method}", "--set", "epochs=1",
+                 "--teacher", str(path), "--device", "cpu", "--out", str(out)]) == 0
+    stored = torch.load(path, weights_only=True)["state_dict"]
+    after = loaded["teacher"].state_dict()
+    assert stored.keys() == after.keys()
+    assert all(torch.equal(stored[k], after[k]) for k in stored)
+    assert not loaded["teacher"].training and not any(p.requires_grad for p in loaded["teacher"].parameters())
+    record = json.loads(out.read_text())
+    assert record["summary"]["teacher_unchanged"] is True and record["config"]["method"] == method
+
+
+@needs_cifar
+def test_smoke_run_then_report(smoke_teacher):
+    """`teacher` (the fixture), then `run` for a few smoke settings (in-process: the CLI's own main; the
+    teacher found at the workflow's path from --out), then `report` from their records."""
+    from papers.kd_svd.__main__ import main
+
+    results, path = smoke_teacher
+    for setting in SMOKE_SETTINGS:
+        assert main(["run", "--scale", "smoke", "--setting", setting, "--seed", "0", "--device", "cpu",
+                     "--out", str(results / setting / "seed0.json")]) == 0
+    teacher = json.loads((results / "teacher" / "teacher-seed0.json").read_text())
+    assert teacher["setting"] == "teacher" and 0 < teacher["summary"]["test_acc"] < 1
+    record = json.loads((results / "kd_svd" / "seed0.json").read_text())
+    s = record["summary"]
+    assert record["config"]["teacher"]["path"] == str(path) and s["teacher_test_acc"] == teacher["summary"]["test_acc"]
+    assert 0 <= s["final_agreement"] <= 1 and s["final_kl_teacher_student"] >= 0 and s["dist_loss_s"] > 0
+    assert s["grad_ratio"] > 0 and s["best_test_acc"] >= s["final_test_acc"]
+    pairs = s["relation_sample"]
+    assert [p["points"] for p in pairs] == [[0, 1], [1, 2]]
+    assert np_shape(pairs[1]["teacher"]) == np_shape(pairs[1]["student"]) == (32, 16)
+    fsp = json.loads((results / "fsp" / "seed0.json").read_text())
+    assert [h["stage"] for h in fsp["history"]] == ["init", "main", "main"]   # 1 initialisation epoch, then 2
+    report = results.parent / "report"
+    assert main(["report", "--scale", "smoke", "--results", str(results), "--out", str(report)]) == 0
+    text = (report / "README.md").read_text()
+    assert "scale | `smoke`" in text and "Claims" in text and "[README-KDTF]" in text
+    claims = {c["id"]: c for c in json.loads((report / "claims.json").read_text())}
+    assert claims["kd_svd_beats_student_small_data"]["n_seeds"] == 1
+    assert claims["kd_svd_beats_hinton_small_data"]["verdict"] == "not run at this scale"
+    assert claims["kd_eid_faster_per_step"]["verdict"] == "shown, not judged (illustrative)"
+    for name in ("learning_curves_0", "accuracy_agreement", "relations", "cost"):
+        assert (report / "figures" / f"{name}.png").stat().st_size > 1000
+    assert "teachers.csv" in {p.name for p in (report / "tables").iterdir()}
+
+
+def np_shape(nested):
+    return (len(nested), len(nested[0]))
+
+
+@needs_cifar
+def test_a_run_without_its_teacher_or_with_an_unfitting_one_is_a_clear_error(smoke_teacher, tmp_path, capsys):
+    from papers.kd_svd.__main__ import main
+
+    _, path = smoke_teacher
+    out = tmp_path / "kd_svd" / "seed0.json"
+    assert main(["run", "--scale", "smoke", "--setting", "kd_svd", "--out", str(out)]) == 2
+    assert "no teacher at" in capsys.readouterr().err and not out.exists()
+    assert main(["run", "--scale", "smoke", "--setting", "kd_svd", "--set", "widths=[8, 8, 16, 16]", "--teacher",
+                 str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit this run (widths: student [8, 8, 16, 16], teacher [8, 8, 16, 32])" in err
+    assert err.count("\n") == 1 and not out.exists()
+
+
+# ------------------------------------------------------------------------------------------ the workflow (#15)
+@pytest.mark.workflow
+@needs_cifar
+def test_kd_svd_workflow(tmp_path_factory):
+    """The smoke report through Snakemake: the teacher is trained once (one job for the one smoke seed, before
+    every student run of that seed, each of which distils it); a changed teacher config retrains the teacher and
+    reruns its students."""
+    import shutil
+
+    from tests.test_workflow import SNAKEMAKE, check_report, run_workflow
+
+    repo, work = tmp_path_factory.mktemp("repo"), tmp_path_factory.mktemp("work")
+    for name in ("Snakefile", "common", "papers", "workflow", "config", "pyproject.toml"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, repo / name)
+    proc = run_workflow("kd_svd", work, snakefile=repo / "Snakefile")
+    jobs = job_counts(proc.stdout + proc.stderr)
+    assert jobs["teacher"] == 1 and jobs["run"] == len(settings("kd_svd", "smoke"))
+    out = work / "reports" / "smoke" / "kd_svd"
+    check_report(out, ["learning_curves_0", "accuracy_agreement", "relations", "cost"])
+    weights = work / "results" / "smoke" / "kd_svd" / "teacher" / "seed0.pt"
+    teacher = json.loads((weights.parent / "teacher-seed0.json").read_text())
+    for setting in settings("kd_svd", "smoke"):
+        record_path = work / "results" / "smoke" / "kd_svd" / setting / "seed0.json"
+        record = json.loads(record_path.read_text())
+        assert record["config"]["teacher"]["path"] == "results/smoke/kd_svd/teacher/seed0.pt"
+        assert record["summary"]["teacher_test_acc"] == teacher["summary"]["test_acc"]
+        assert record_path.stat().st_mtime >= weights.stat().st_mtime
+    base = [SNAKEMAKE, "-s", str(repo / "Snakefile"), "-d", str(work), "-c1", "reports/smoke/kd_svd", "--config",
+            "scale=smoke"]
+    spec_path = repo / "papers" / "kd_svd" / "experiments.yaml"
+    good = spec_path.read_text()
+    assert "blocks: 2, epochs: 1," in good
+    spec_path.write_text(good.replace("blocks: 2, epochs: 1,", "blocks: 2, epochs: 2,"))   # the smoke teacher
+    dry = job_counts(subprocess.run(base + ["-n"], capture_output=True, text=True).stdout)
+    assert dry["teacher"] == 1 and dry["run"] == len(settings("kd_svd", "smoke"))
+
+
+def job_counts(snakemake_output: str) -> dict:
+    """{rule: jobs} from Snakemake's job-stats table."""
+    counts = {}
+    for line in snakemake_output.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("total", "count", "job"):
+            counts[parts[0]] = int(parts[1])
+    return counts

@@ -10,6 +10,11 @@ wildcard_constraints:
 
 
 rule run:
+    input:
+        # a distillation paper's cached teacher for this seed (rule teacher), nothing for the others; the run reads
+        # it from that path, <out>/../../teacher/seed<k>.pt (so this rule's command and params, the other papers'
+        # rerun triggers, stay as they were)
+        unpack(lambda wc: wf.run_teacher(wc.paper, SCALE, wc.seed)),
     output:
         f"results/{SCALE}/{{paper}}/{{setting}}/seed{{seed}}.json",
     log:
@@ -34,7 +39,7 @@ rule run:
 
 rule report:
     input:
-        lambda wc: wf.run_records(wc.paper, SCALE, SEEDS),
+        lambda wc: wf.run_records(wc.paper, SCALE, SEEDS) + wf.teacher_records(wc.paper, SCALE, SEEDS),
     output:
         directory(f"results/{SCALE}/{{paper}}/report"),
     log:
