@@ -189,8 +189,12 @@ class PooledPersonalised(Personal):
     def client_models(self, state: dict) -> dict:
         """Every client's model, {name: [N, ...]}: its own, or the global model for all."""
         own = self.personal_models(state)
+        return own if own is not None else self.global_for_all(state)
+
+    def global_for_all(self, state: dict) -> dict:
+        """The global model as every client's, {name: [N, ...]} (expanded views, no copies)."""
         n = len(self.fed.parts)
-        return own if own is not None else {k: state[k].expand(n, *state[k].shape) for k in self.param_names}
+        return {k: state[k].expand(n, *state[k].shape) for k in self.param_names}
 
     def eval_sets(self) -> tuple[list, list]:
         """Every client's validation and test index sets, moved to the device once."""
@@ -282,9 +286,7 @@ class PrivateHead(PooledPersonalised):
             self.heads[n][index] = update.params[n]
 
     def personal_models(self, state):
-        n = len(self.fed.parts)
-        body = super().personal_models(state) or {k: state[k].expand(n, *state[k].shape) for k in self.param_names}
-        return self.with_heads(body, slice(None))
+        return self.with_heads(super().personal_models(state) or self.global_for_all(state), slice(None))
 
 
 class FedPer(PrivateHead):
