@@ -44,8 +44,9 @@ def parse_sets(items: list[str]) -> dict:
 
 def datasets_used(cfg) -> list[str]:
     """The registered data sets a config names (its `dataset` and any other field set to a data-set name, such as
-    FedDF's distillation source)."""
+    FedDF's distillation source, or to a tuple of names, such as FedDG's domains)."""
     values = [getattr(cfg, f.name) for f in dataclasses.fields(cfg)]
+    values += [v for t in values if isinstance(t, tuple) for v in t]
     return sorted({v for v in values if isinstance(v, str) and v in data.REGISTRY})
 
 

@@ -1,6 +1,8 @@
 """FedDG (issue #16): the frequency-space interpolation (corrected Eq. 2, the band mask, the code's DC swap),
-the digit domains and their masks, the boundary masks and the InfoNCE loss on hand-made inputs, how we call
-MONAI's Dice / HD95, the networks, the first-order episodic step, and the bad-input errors."""
+the digit domains and their masks, the boundary masks and the InfoNCE loss on hand-made inputs, our Dice loss,
+Dice and HD95 against MONAI's, the code's largest-component test, the networks, the first-order episodic step and
+its ablation rungs, the leave-one-domain-out federation, a round of every method (device-aware), the config's
+bad values, a smoke run with its report, and the smoke workflow."""
 import math
 
 import numpy as np
@@ -10,11 +12,14 @@ import torch.nn.functional as F
 from monai.metrics import DiceMetric, compute_hausdorff_distance
 from scipy import ndimage
 
+from common.experiments import ConfigError, build_config
 from common.models import build_model
-from papers.feddg import fourier, losses
-from papers.feddg.method import episodic_step, fast_weights
+from papers.feddg import fourier, losses, metrics
+from papers.feddg.config import METHODS, FedDGConfig
+from papers.feddg.method import ELCFS, episodic_step, fast_weights, mask_rows, summarise
 from papers.feddg.models import FedDGUNet
 from tests.conftest import has_data
+from tests.device_guard import device_guard
 
 torch.set_num_threads(1)
 needs_digits = pytest.mark.skipif(not has_data("mnist", "usps", "mnist_m"),
@@ -212,7 +217,10 @@ def test_nt_xent_on_hand_made_embeddings():
         # pairs (0, 1) and (1, 0): cosines 0.6; the negative 2 is at cosine 0 from z0 and 0.8 from z1
         expected = (math.log1p(math.exp(-0.6 / tau)) + math.log1p(math.exp(0.2 / tau))) / 2
         assert losses.nt_xent(3 * z, labels, tau).item() == pytest.approx(expected, rel=1e-5)
-    assert losses.nt_xent(z, torch.tensor([1, 1, 1])).item() == 0.0                 # no negatives
+    leaf = z.clone().requires_grad_()
+    alone = losses.nt_xent(leaf, torch.tensor([1, 1, 1]))                           # no negatives
+    alone.backward()
+    assert alone.item() == 0.0 and torch.equal(leaf.grad, torch.zeros_like(z))      # and no NaN gradient
 
 
 def test_nt_xent_matches_the_pairwise_formula():
@@ -259,29 +267,111 @@ def test_dice_loss_is_the_released_formula():
     assert got.item() == pytest.approx(1 - (2 * 1.5 + 1e-5) / (2.5 + 2 + 1e-5), abs=1e-5)
 
 
-# ---------------------------------------------------------------------------------------------- MONAI metrics
-def test_monai_dice_on_hand_made_masks():
+def test_dice_loss_equals_monai_dice_loss():
+    from monai.losses import DiceLoss
+
+    gen = torch.Generator().manual_seed(0)
+    logits, target = torch.randn(3, 2, 8, 8, generator=gen), (torch.rand(3, 2, 8, 8, generator=gen) > 0.6).float()
+    monai = DiceLoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)(logits, target)
+    assert losses.dice_loss(logits, target).item() == pytest.approx(monai.item(), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- metrics.py
+def blobs(n: int, seed: int) -> torch.Tensor:
+    """Random smooth blobs, bool [n, 1, 32, 32]."""
+    noise = torch.rand(n, 1, 32, 32, generator=torch.Generator().manual_seed(seed))
+    return F.avg_pool2d(noise, 5, 1, 2) > 0.55
+
+
+def test_monai_dice_on_hand_made_masks_and_ours_equals_it():
     pred, gt = torch.zeros(2, 1, 10, 10), torch.zeros(2, 1, 10, 10)
     pred[0, 0, 2:6, 2:6], gt[0, 0, 2:6, 3:7] = 1, 1                                 # overlap 4 x 3 of 16 + 16
     pred[1, 0, 0:2, 0:2], gt[1, 0, 0:2, 0:2] = 1, 1
     metric = DiceMetric(include_background=True, reduction="none")
     metric(y_pred=pred, y=gt)
     assert metric.aggregate().flatten().tolist() == pytest.approx([0.75, 1.0])
+    assert metrics.dice_per_image(pred.bool(), gt.bool()).tolist() == pytest.approx([0.75, 1.0])
+    pred, gt = blobs(40, 1), blobs(40, 2)
+    pred[0] = False                                                                 # an empty prediction: 0
+    reference = DiceMetric(include_background=True, reduction="none", ignore_empty=False)(pred.float(), gt.float())
+    assert torch.allclose(metrics.dice_per_image(pred, gt), reference[:, 0], atol=1e-6)
+    assert metrics.dice_per_image(pred, gt)[0] == 0
 
 
-def test_monai_hd95_on_hand_made_masks():
+def test_monai_hd95_on_hand_made_masks_and_ours_equals_it():
     gt = torch.zeros(1, 1, 32, 32)
     gt[0, 0, 5, 5:25] = 1                                                           # a 20-px line
     shifted = torch.roll(gt, 3, dims=2)                                             # 3 rows down
     hd95 = compute_hausdorff_distance(shifted, gt, include_background=True, percentile=95)
     assert hd95.item() == pytest.approx(3.0)
+    assert metrics.hd95_per_image(shifted.bool(), gt.bool()).item() == pytest.approx(3.0)
     outlier = gt.clone()
     outlier[0, 0, 15, 10] = 1                                                # 1 of 21 points, 10 px off
     assert compute_hausdorff_distance(outlier, gt, include_background=True).item() == pytest.approx(10.0)
     assert compute_hausdorff_distance(outlier, gt, include_background=True, percentile=95).item() == 0.0
+    assert metrics.hd95_per_image(outlier.bool(), gt.bool()).item() == 0.0
     # one-hot [background, stroke]: the default include_background=False measures the stroke channel only
     one_hot = lambda m: torch.cat([1 - m, m], 1)                                   # noqa: E731
     assert compute_hausdorff_distance(one_hot(shifted), one_hot(gt), percentile=95).tolist() == [[3.0]]
+
+
+def test_hd95_equals_monai_on_random_masks_and_an_empty_prediction_gets_the_diagonal():
+    import warnings
+
+    pred, gt = blobs(60, 3), blobs(60, 4)
+    pred[0] = False
+    pred[1, :, 0, :] = True                                                         # touches the border
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = compute_hausdorff_distance(pred.float(), gt.float(), include_background=True, percentile=95)[:, 0]
+    ours = metrics.hd95_per_image(pred, gt)
+    assert torch.isnan(reference[0]) and ours[0].item() == pytest.approx(math.hypot(32, 32))
+    assert torch.allclose(ours[1:], reference[1:], atol=1e-4)
+
+
+def code_largest_component(mask: np.ndarray) -> np.ndarray:
+    """`utils/util.py::_connectivity_region_analysis` on one image (an empty mask: kept empty, see metrics.py)."""
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return np.zeros_like(mask, dtype=bool)
+    return labels == np.argmax(ndimage.sum(mask, labels, range(n + 1)))
+
+
+def test_largest_component_is_the_codes_per_image_and_links_no_two_images():
+    hand = torch.zeros(2, 1, 6, 6, dtype=torch.bool)
+    hand[0, 0, 0, 0:2] = True                                                       # 2 px
+    hand[0, 0, 3:5, 3:5] = True                                                     # 4 px: kept
+    hand[0, 0, 2, 2] = True                                                         # diagonal only: apart
+    hand[1, 0, 0, 0:2] = True                                                       # a tie of two 2-px parts:
+    hand[1, 0, 5, 4:6] = True                                                       # the first in scan order
+    got = metrics.largest_component(hand)
+    assert got[0, 0].sum() == 4 and got[0, 0, 3:5, 3:5].all()
+    assert got[1, 0].sum() == 2 and got[1, 0, 0, 0:2].all()
+    masks = torch.rand(40, 1, 12, 12, generator=torch.Generator().manual_seed(5)) > 0.55
+    masks[3] = False
+    got = metrics.largest_component(masks)
+    for i in range(40):
+        assert np.array_equal(got[i, 0].numpy(), code_largest_component(masks[i, 0].numpy())), i
+
+
+def test_segmentation_scores_threshold_the_sigmoid():
+    from common.data import Dataset
+
+    class Fixed(torch.nn.Module):                                   # logits = +-3 on a 4 x 4 square, else -3
+        def forward(self, x):
+            out = torch.full((len(x), 1, 8, 8), -3.0)
+            out[..., 2:6, 2:6] = 3.0
+            return out
+
+    data = Dataset("toy", "test", torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2, dtype=torch.long),
+                   (0.0,) * 3, (1.0,) * 3, 1)
+    truth = torch.zeros(2, 1, 8, 8, dtype=torch.bool)
+    truth[0, 0, 2:6, 2:6] = True
+    truth[1, 0, 2:6, 2:4] = True                                                    # half of it
+    scores = metrics.segmentation_scores(Fixed(), data, truth, threshold=0.75, keep_largest=True)
+    assert scores["dice"] == pytest.approx((1.0 + 2 * 8 / 24) / 2) and scores["empty"] == 0.0
+    none = metrics.segmentation_scores(Fixed(), data, truth, threshold=0.99, keep_largest=True)   # sigmoid(3) < .99
+    assert none["dice"] == 0.0 and none["empty"] == 1.0 and none["hd95"] == pytest.approx(math.hypot(8, 8))
 
 
 # ---------------------------------------------------------------------------------------------- models.py
@@ -295,7 +385,7 @@ def test_unet_shapes_norm_and_features():
     assert FedDGUNet(1, 1, width=4, depth=3)(torch.rand(1, 1, 28, 28)).shape == (1, 1, 28, 28)
     cnn = build_model("feddg_cnn", (3, 32, 32), 10, width=4)
     logits, z = cnn(torch.rand(2, 3, 32, 32), return_features=True)
-    assert logits.shape == (2, 10) and z.shape == (2, 16)
+    assert logits.shape == (2, 10) and z.shape == (2, 128)
 
 
 # ---------------------------------------------------------------------------------------------- method.py
@@ -382,3 +472,229 @@ def test_asking_for_more_images_than_a_domain_holds_is_refused():
 
     with pytest.raises(ValueError, match="mnist_m: 9000 \\+ 2000 images asked, the pool holds 9001"):
         build_domain("mnist_m", 9000, 2000, 0)
+
+
+# ---------------------------------------------------------------------------------------------- the ablation rungs
+def test_episodic_step_without_meta_step_or_contrast_is_plain_training_on_both_batches():
+    torch.manual_seed(0)
+    net = FedDGUNet(3, 1, width=4, depth=2)
+    params = dict(net.named_parameters())
+    x_raw, x_freq = torch.rand(2, 3, 8, 8), torch.rand(2, 3, 8, 8)
+    target = (torch.rand(2, 1, 8, 8) > 0.5).float()
+    task = lambda out: losses.dice_loss(out, target)                               # noqa: E731
+    never = lambda fi, fo: pytest.fail("the contrastive loss must not run at weight 0")  # noqa: E731
+    step, fast = episodic_step(net, params, x_raw, x_freq, task, never, meta_step_size=0.0, contrast_weight=0.0)
+    assert fast is params and step.contrast.item() == 0.0
+    assert step.total.item() == pytest.approx((task(net(x_raw)) + task(net(x_freq))).item(), rel=1e-6)
+
+
+def test_each_method_adds_one_rung():
+    episodes = {m: FedDGConfig(method=m).episode() for m in METHODS}
+    assert [episodes[m]["meta_step_size"] for m in METHODS] == [0.0, 0.0, 1e-3, 1e-3, 0.0]
+    assert [episodes[m]["contrast_weight"] for m in METHODS] == [0.0, 0.0, 0.0, 0.1, 0.0]
+    assert [FedDGConfig(method=m).uses_transform for m in METHODS] == [False, True, True, True, False]
+    assert FedDGConfig().n_clients == 3 and FedDGConfig(method="central").n_clients == 1
+    assert FedDGConfig(domains=("mnist", "usps", "mnist_m"), unseen="usps").source_domains == ("mnist", "mnist_m")
+
+
+def test_band_001_and_0_are_the_same_box_on_32_px():
+    """The ablation table's statement: on 32 px, L = 0.01 gives floor(0.32) = 0, the 1 x 1 box of L = 0."""
+    assert torch.equal(fourier.low_frequency_mask(32, 32, 0.01), fourier.low_frequency_mask(32, 32, 0.0))
+    assert int(fourier.low_frequency_mask(32, 32, 0.05).sum()) == 9
+
+
+def test_instance_norm_all_but_removes_the_dc_swap_not_the_band():
+    """The README's reading of the DC-only swap: it shifts each channel's mean, which the first convolution
+    turns into a constant per output channel and the instance norm after it removes (but near the zero-padded
+    border); a 3 x 3 band changes the normalised features ten times as much."""
+    torch.manual_seed(0)
+    first = FedDGUNet(3, 1, width=8, depth=3).down[0].body[:2]                    # conv, instance norm
+    x = 0.3 + 0.4 * torch.rand(8, 3, 32, 32)
+    style = 0.1 + 0.2 * torch.rand(8, 3, 32, 32) + torch.linspace(0, 0.5, 32).view(1, 1, 1, 32)
+    A = fourier.amplitude_phase(style)[0]
+
+    def change(x_new):
+        with torch.no_grad():
+            return ((first(x_new) - first(x)).norm() / first(x).norm()).item()
+
+    dc, band = change(fourier.dc_swap(x, A)), change(fourier.frequency_interpolate(x, A, 0.05, torch.ones(8)))
+    assert (fourier.dc_swap(x, A) - x).norm() / x.norm() > 0.05                    # the input did move
+    assert dc < 0.1 and band > 10 * dc
+
+
+# ---------------------------------------------------------------------------------------------- config.py
+@pytest.mark.parametrize("overrides, message", [
+    ({"task": "detection"}, "task must be one of segmentation, classification"),
+    ({"method": "fedprox"}, "method must be one of fedavg, amplitude_mix"),
+    ({"task": "classification"}, "the classification task uses model 'feddg_cnn'"),
+    ({"domains": ["mnist", "svhn", "usps"]}, "domains must be distinct names among"),
+    ({"domains": ["mnist", "mnist", "usps"], "unseen": "usps"}, "domains must be distinct"),
+    ({"domains": ["mnist", "usps"], "unseen": "usps"}, "needs >= 3 domains"),
+    ({"unseen": "svhn"}, "unseen must be one of the domains"),
+    ({"n_train": 0}, "need n_train >= 1 and n_test >= 1"),
+    ({"depth": 1}, "need width >= 1 and depth >= 2"),
+    ({"norm": "batch"}, "norm must be 'instance' or 'group'"),
+    ({"freq_transform": "swap"}, "freq_transform must be one of interpolate, dc_swap"),
+    ({"band": 0.6}, "band \\(L\\) must lie in \\[0, 0.5\\]"),
+    ({"band": -0.1}, "band \\(L\\) must lie in"),
+    ({"bank_fraction": 0.0}, "bank_fraction must lie in \\(0, 1\\]"),
+    ({"meta_step_size": -1e-3}, "meta_step_size must be >= 0"),
+    ({"clip_value": 0.0}, "clip_value must be > 0"),
+    ({"contrast_weight": -0.1}, "contrast_weight must be >= 0"),
+    ({"contrast_tau": 0.0}, "contrast_tau must be > 0"),
+    ({"threshold": 1.0}, "threshold must lie in \\(0, 1\\)"),
+    ({"participation": 0.5}, "leave participation at 1"),
+    ({"local_steps": 10}, "leave local_steps at 0"),
+    ({"augment": "flip_crop"}, "leave augment 'none'"),
+    ({"vectorize": True}, "leave vectorize false"),
+    ({"n_clients": 5}, "n_clients is set from the domains \\(3 source clients"),
+    ({"lr": 0.0}, "lr must be > 0"),
+    ({"rounds": 0}, "rounds must be >= 1"),
+    ({"unseen_site": 1}, "unknown config key"),
+])
+def test_bad_config_values_are_refused_by_name(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(FedDGConfig, overrides)
+
+
+def test_the_cli_reports_a_bad_value_in_one_line(tmp_path, capsys):
+    from common.cli import main
+    from papers.feddg.__main__ import ENTRY
+
+    out = tmp_path / "x.json"
+    assert main(*ENTRY, ["run", "--scale", "smoke", "--setting", "mnistm_feddg", "--set", "band=0.7",
+                         "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: band (L) must lie in [0, 0.5], got 0.7") and err.count("\n") == 1
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------------------------------------- the federation
+def tiny(**overrides) -> FedDGConfig:
+    return FedDGConfig(**{"n_train": 12, "n_test": 6, "rounds": 1, "width": 2, "depth": 2, "batch_size": 5,
+                          **overrides})
+
+
+@needs_digits
+def test_leave_one_domain_out_federation():
+    from papers.feddg.domains import build_domain
+    from papers.feddg.federation import DomainFederation
+
+    cfg = tiny(unseen="usps", bank_fraction=0.25)
+    fed = DomainFederation.build(cfg, seed=0)
+    assert fed.client_domains == ("mnist", "mnist_m", "styled_mnist")
+    assert [p.tolist() for p in fed.parts] == [list(range(0, 12)), list(range(12, 24)), list(range(24, 36))]
+    assert fed.train.x.shape == (36, 3, 32, 32) and fed.train.num_classes == 1
+    mnist_train, _ = build_domain("mnist", 12, 6, seed=0)
+    assert torch.equal(fed.train.x[:12], mnist_train.x) and torch.equal(fed.masks[:12], mnist_train.mask)
+    _, usps_test = build_domain("usps", 12, 6, seed=0)                             # the same draw, left out or not
+    assert torch.equal(fed.test.x, usps_test.x) and torch.equal(fed.test_masks, usps_test.mask)
+    assert fed.seen.x.shape[0] == 18 and fed.bank.sizes.tolist() == [3, 3, 3]
+    assert torch.equal(fed.boundary, losses.boundary_and_background(fed.masks)[0])
+    central = DomainFederation.build(tiny(unseen="usps", method="central"), seed=0)
+    assert [p.tolist() for p in central.parts] == [list(range(36))]
+    classes = DomainFederation.build(tiny(task="classification", model="feddg_cnn"), seed=0)
+    assert classes.train.num_classes == 10
+
+
+def one_round(cfg: FedDGConfig):
+    """A federation, the method, and the global model of `cfg` (initialised on the CPU)."""
+    from papers.feddg.federation import DomainFederation
+
+    fed = DomainFederation.build(cfg, seed=0)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, fed.train.shape, fed.train.num_classes, **cfg.model_params())
+    return ELCFS(cfg, fed, model), {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+ROUNDS = [dict(method=m) for m in METHODS] + [
+    dict(method="feddg", freq_transform="dc_swap"), dict(method="feddg", local_epochs=2),
+    dict(method="feddg", task="classification", model="feddg_cnn"),
+    dict(method="amplitude_mix", task="classification", model="feddg_cnn", freq_transform="dc_swap")]
+
+
+@needs_digits
+@pytest.mark.parametrize("overrides", ROUNDS, ids=lambda o: "-".join(str(v) for v in o.values()))
+def test_a_round_of_every_method_is_device_aware_and_reads_the_host_once_per_client(overrides):
+    method, state = one_round(tiny(**overrides))
+    clients = list(range(len(method.fed.parts)))
+    with device_guard() as counts:   # a tensor made without a device lands on `meta` and fails here
+        update = method.client_update(state, clients, 1)
+    assert counts["host_reads"] <= len(clients)                                     # the divergence check
+    assert update.params.keys() == {n for n, _ in method.model.named_parameters()}
+    assert all(v.shape[0] == len(clients) for v in update.params.values())
+    moved = any(not torch.equal(update.params[n][0], state[n]) for n in update.params)
+    assert moved and torch.isfinite(update.loss).all()
+    averaged = method.aggregate(state, update)
+    metrics_ = method.evaluate(averaged, method.cfg.rounds)
+    key = "test_dice" if method.cfg.task == "segmentation" else "test_acc"
+    assert 0 <= metrics_[key] <= 1 and ("seen_dice" in metrics_ or "seen_acc" in metrics_)
+
+
+@needs_digits
+def test_clients_keep_their_own_adam_across_rounds_and_the_transform_is_seeded():
+    method, state = one_round(tiny())
+    first = method.client_update(state, [0, 1, 2], 1)
+    assert {c: int(next(iter(method.optimizers[c].state.values()))["step"]) for c in range(3)} == {0: 3, 1: 3, 2: 3}
+    method.client_update(state, [0, 1, 2], 2)
+    assert int(next(iter(method.optimizers[0].state.values()))["step"]) == 6          # not reset by the average
+    again, state_again = one_round(tiny())
+    repeat = again.client_update(state_again, [0, 1, 2], 1)
+    assert all(torch.equal(first.params[n], repeat.params[n]) for n in first.params)   # same seed, same models
+
+
+def test_summary_reports_the_final_and_the_best_dice_round():
+    history = [{"round": 1, "test_dice": 0.5, "test_hd95": 9.0, "test_empty": 0.1},
+               {"round": 2, "test_dice": 0.7, "test_hd95": 4.0, "test_empty": 0.0},
+               {"round": 3, "test_dice": 0.6, "test_hd95": 3.0, "test_empty": 0.0, "seen_dice": 0.9, "seen_hd95": 2.0}]
+    got = summarise(history, "segmentation")
+    assert (got["final_dice"], got["final_hd95"], got["best_dice"], got["best_hd95"], got["best_round"]) == (
+        0.6, 3.0, 0.7, 4.0, 2)
+    assert summarise([{"round": 1, "test_acc": 0.5, "seen_acc": 0.8}], "classification") == {"final_seen_acc": 0.8}
+    mask = torch.tensor([[True, False], [False, True]])
+    assert mask_rows(mask) == ["10", "01"]
+
+
+# ---------------------------------------------------------------------------------------------- the CLI and report
+@needs_digits
+def test_smoke_runs_then_report(tmp_path):
+    import json
+
+    from common.cli import main
+    from papers.feddg.__main__ import ENTRY
+
+    results = tmp_path / "results"
+    for setting in ("mnistm_fedavg", "mnistm_feddg", "mnistm_fedavg_ref", "cls_mnistm_fedavg", "cls_mnistm_feddg"):
+        assert main(*ENTRY, ["run", "--scale", "smoke", "--setting", setting, "--seed", "0", "--device", "cpu",
+                             "--set", "rounds=1", "--out", str(results / setting / "seed0.json")]) == 0
+    record = json.loads((results / "mnistm_feddg" / "seed0.json").read_text())
+    assert {"final_dice", "best_dice", "final_hd95", "best_hd95", "final_seen_dice", "bank_bytes"} <= set(
+        record["summary"]) and "final_test_acc" not in record["summary"]
+    assert len(record["summary"]["example_masks"]) == 6 and len(record["summary"]["example_masks"][0]) == 32
+    cls = json.loads((results / "cls_mnistm_feddg" / "seed0.json").read_text())
+    assert {"final_test_acc", "best_test_acc", "final_seen_acc"} <= set(cls["summary"])
+    report = tmp_path / "report"
+    assert main(*ENTRY, ["report", "--scale", "smoke", "--results", str(results), "--out", str(report)]) == 0
+    claims = {c["id"]: c for c in json.loads((report / "claims.json").read_text())}
+    assert claims["feddg_beats_fedavg_dice"]["n_seeds"] == 1
+    assert claims["episodic_adds"]["verdict"] == "not run at this scale"
+    for name in ("curves_segmentation", "curves_classification", "dice_per_domain", "interpolation",
+                 "predictions_mnist_m"):
+        assert (report / "figures" / f"{name}.png").stat().st_size > 1000
+    ablation = (report / "tables" / "ablation.csv").read_text()
+    assert "FedAvg" in ablation and "FedDG (ELCFS)" in ablation
+    regime = (report / "tables" / "regime.csv").read_text()
+    assert "mnistm_fedavg" in regime and "cls_mnistm_fedavg" in regime
+
+
+@pytest.mark.workflow
+@needs_digits
+def test_feddg_workflow(tmp_path):
+    """The smoke report through Snakemake (every smoke setting, then report and publish)."""
+    from tests.test_workflow import check_report, run_workflow
+
+    run_workflow("feddg", tmp_path)
+    out = tmp_path / "reports" / "smoke" / "feddg"
+    check_report(out, ["curves_segmentation", "curves_classification", "dice_per_domain", "interpolation",
+                       "predictions_mnist_m"])
+    assert (out / "tables" / "ablation.csv").exists() and (out / "tables" / "segmentation.csv").exists()

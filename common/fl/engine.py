@@ -240,7 +240,9 @@ def run_federated(cfg, seed: int, record: RunRecord, method_cls: type[Method] | 
     from the same weights on any device."""
     seed_everything(seed)
     fed = fed or Federation.build(cfg, seed, device)
-    model = build_model(cfg.model, fed.train.shape, fed.train.num_classes).to(fed.device)
+    # a config may size its model (`model_params()`, e.g. FedDG's U-Net width and depth)
+    model = build_model(cfg.model, fed.train.shape, fed.train.num_classes,
+                        **getattr(cfg, "model_params", dict)()).to(fed.device)
     method = (method_cls or get_method(cfg.method))(cfg, fed, model)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     down_total = up_total = 0
@@ -262,12 +264,16 @@ def run_federated(cfg, seed: int, record: RunRecord, method_cls: type[Method] | 
             record.log(round=r, **metrics, train_loss=update.loss.mean().item(),
                        lr=cfg.lr * cfg.lr_decay ** (r - 1), bytes_down=down_total, bytes_up=up_total,
                        time_s=time.perf_counter() - start)
-            bar.set_postfix(acc=f"{metrics['test_acc']:.4f}")
-    accs = np.array([h["test_acc"] for h in record.history], dtype=float)
-    accs = accs[~np.isnan(accs)]  # a method may skip the global test in some rounds
+            if "test_acc" in metrics:
+                bar.set_postfix(acc=f"{metrics['test_acc']:.4f}")
+    # a method may skip the global test in some rounds, or measure no accuracy at all (FedDG's segmentation)
+    accs = np.array([h.get("test_acc", np.nan) for h in record.history], dtype=float)
+    accs = accs[~np.isnan(accs)]
     record.bytes_sent = down_total + up_total
-    record.summary = {"final_test_acc": float(accs[-1]), "best_test_acc": float(accs.max()),
-                      "last5_test_acc": float(accs[-5:].mean()), "bytes_down": down_total, "bytes_up": up_total}
+    record.summary = {"bytes_down": down_total, "bytes_up": up_total}
+    if len(accs):
+        record.summary = {"final_test_acc": float(accs[-1]), "best_test_acc": float(accs.max()),
+                          "last5_test_acc": float(accs[-5:].mean()), **record.summary}
     if "personal_acc" in record.history[-1]:
         record.summary["final_personal_acc"] = record.history[-1]["personal_acc"]
     method.final_state = state

@@ -20,22 +20,25 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceLoss
 
 TAU = 0.05               # `NTXentLoss(temperature=0.05)` in train_ELCFS.py
 BACKGROUND_ITERATIONS = 5  # `binary_dilation(..., iterations=5)` in _get_coutour_sample
 
 
-# `utils/losses.py::dice_loss`: per channel 1 - (2 sum(p t) + 1e-5) / (sum p + sum t + 1e-5) over the whole
-# batch, averaged over channels, on sigmoid outputs; MONAI's DiceLoss with batch=True is that formula.
-_DICE = DiceLoss(sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+SMOOTH = 1e-5              # `utils/losses.py::dice_loss`: smooth = 1e-5 in numerator and denominator
 
 
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The code's soft Dice loss on sigmoid(logits): logits, target [B, S, H, W] -> scalar."""
+    """The code's soft Dice loss (`utils/losses.py::dice_loss`) on sigmoid(logits): per channel
+    1 - (2 sum(p t) + 1e-5) / (sum p + sum t + 1e-5) over the whole batch, averaged over channels.
+    logits, target [B, S, H, W] -> scalar. Equal to MONAI's DiceLoss(sigmoid=True, batch=True, smooth 1e-5)
+    (tested; written out because importing MONAI costs every run several seconds)."""
     if logits.shape != target.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must have one shape")
-    return _DICE(logits, target.to(logits.dtype))
+    p, t = torch.sigmoid(logits), target.to(logits.dtype)
+    dims = (0, 2, 3)                                                                  # all but the channel
+    dice = (2 * (p * t).sum(dims) + SMOOTH) / (p.sum(dims) + t.sum(dims) + SMOOTH)    # [S]
+    return (1 - dice).mean()
 
 
 def check_mask_shape(mask: torch.Tensor) -> None:
@@ -103,10 +106,11 @@ def nt_xent(embeddings: torch.Tensor, labels: torch.Tensor, tau: float = TAU) ->
     logits = z @ z.T / tau                                                           # [N, N]
     same = labels[:, None] == labels[None, :]
     positive = same & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-    if not positive.any() or same.all():
-        return logits.sum() * 0.0
-    negatives = torch.logsumexp(logits.masked_fill(same, float("-inf")), dim=1)     # [N]
-    return F.softplus(negatives[:, None] - logits)[positive].mean()
+    # no branch on the data (a host read per call on a GPU): the non-negatives are filled with the dtype's
+    # lowest value, finite so that a row without negatives gets softplus(-huge) = 0 and no NaN gradient
+    negatives = torch.logsumexp(logits.masked_fill(same, torch.finfo(logits.dtype).min), dim=1)   # [N]
+    terms = F.softplus(negatives[:, None] - logits) * positive                               # [N, N]
+    return terms.sum() / positive.sum().clamp_min(1)
 
 
 def boundary_contrastive_loss(features_inner: torch.Tensor, features_outer: torch.Tensor,
@@ -123,7 +127,7 @@ def boundary_contrastive_loss(features_inner: torch.Tensor, features_outer: torc
     per_structure = torch.cat([embed(features_inner, boundary), embed(features_outer, boundary),
                                embed(features_inner, background), embed(features_outer, background)], 1)
     B = features_inner.shape[0]
-    labels = torch.cat([torch.ones(2 * B), torch.zeros(2 * B)]).to(features_inner.device)   # [4B]
+    labels = torch.cat([features_inner.new_ones(2 * B), features_inner.new_zeros(2 * B)])   # [4B]
     return sum(nt_xent(h, labels, tau) for h in per_structure)                       # h [4B, D]
 
 

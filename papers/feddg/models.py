@@ -110,20 +110,26 @@ class FedDGUNet(nn.Module):
 
 
 class FedDGEncoderNet(nn.Module):
-    """Classification analogue: the U-Net's encoder (instance norm), global average pooling and a linear head.
-    Returns logits [B, K], and with return_features=True also the pooled embedding [B, width 2^(depth-1)]."""
+    """Classification analogue: the U-Net's encoder (instance norm), then the last map flattened, a hidden
+    layer of `hidden` units (ReLU: the embedding z the class-contrastive loss uses) and a linear head. Not
+    global average pooling: after instance norm every channel has spatial mean 0 and variance 1, so its
+    pooled ReLU says almost nothing about the digit (a pilot's loss barely moved in 8 rounds).
+    Returns logits [B, K], and with return_features=True also z [B, hidden]."""
 
     def __init__(self, in_channels: int = 3, num_classes: int = 10, width: int = 16, depth: int = 3,
-                 norm: str = "instance"):
+                 norm: str = "instance", side: int = 32, hidden: int = 128):
         super().__init__()
         self.down = encoder(in_channels, width, depth, norm)
-        self.head = nn.Linear(width * 2 ** (depth - 1), num_classes)
+        last = side // 2 ** (depth - 1)                                             # the last map's side
+        self.embed = nn.Sequential(nn.Flatten(), nn.Linear(width * 2 ** (depth - 1) * last * last, hidden),
+                                   nn.ReLU())
+        self.head = nn.Linear(hidden, num_classes)
         kaiming_init(self)
 
     def forward(self, x, return_features: bool = False):
         for block in self.down:
             x = block(x)
-        z = x.mean((-2, -1))                                                        # [B, D]
+        z = self.embed(x)                                                           # [B, hidden]
         logits = self.head(z)                                                       # [B, K]
         return (logits, z) if return_features else logits
 
@@ -136,4 +142,4 @@ def feddg_unet(in_shape, num_classes, width=16, depth=4, norm="instance"):
 
 @register_model("feddg_cnn")
 def feddg_cnn(in_shape, num_classes, width=16, depth=3, norm="instance"):
-    return FedDGEncoderNet(in_shape[0], num_classes, width, depth, norm)
+    return FedDGEncoderNet(in_shape[0], num_classes, width, depth, norm, side=in_shape[-1])
