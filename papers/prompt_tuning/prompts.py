@@ -237,9 +237,9 @@ def majority_vote(logits: torch.Tensor) -> torch.Tensor:
 
 
 class PromptEnsemble(nn.Module):
-    """N trained prompt-tuned classifiers (e.g. N seeds) that share one frozen encoder, evaluated as one
-    batch of N x B sequences and combined by majority vote (Section 7). Inference only: prompts and heads
-    are copied."""
+    """N prompt-tuned classifiers (each from its own seed) that share one frozen encoder, run as one batch of
+    N x B sequences and combined by majority vote (Section 7). The members' prompts and heads stay their own
+    parameters, so the same forward also trains them together: member n's gradient is that of its own loss."""
 
     def __init__(self, members: list[Classifier]):
         super().__init__()
@@ -248,29 +248,29 @@ class PromptEnsemble(nn.Module):
             raise ValueError("an ensemble needs prompt-tuned classifiers that share one encoder")
         if len({m.prompt_length for m in members}) > 1:
             raise ValueError("the ensemble's prompts must have the same length")
-        self.encoder = first.encoder
+        self.members = nn.ModuleList(members)  # the encoder is theirs: train() keeps it in eval mode
         self.max_length = first.max_length
-        stack = lambda get: torch.stack([get(m).detach() for m in members])  # noqa: E731
-        self.register_buffer("prompts", stack(lambda m: m.prompt.weight))  # [N, P, D]
-        self.register_buffer("head_weight", stack(lambda m: m.head.weight))  # [N, C, D]
-        self.register_buffer("head_bias", stack(lambda m: m.head.bias))  # [N, C]
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Every prompt's logits [N, B, C] from one encoder call on N x B sequences."""
-        n, p, d = self.prompts.shape
-        b, t = input_ids.shape
+        """Every prompt's logits [N, B, C] from one encoder call on N x B sequences; input_ids and
+        attention_mask are [B, T] (every prompt reads the same batch) or [N, B, T] (prompt n reads batch n)."""
+        prompts = torch.stack([m.prompt.weight for m in self.members])  # [N, P, D]
+        n, p, d = prompts.shape
+        if input_ids.dim() == 2:
+            input_ids, attention_mask = input_ids.expand(n, -1, -1), attention_mask.expand(n, -1, -1)
+        b, t = input_ids.shape[1:]
         if self.max_length is not None and p + t > self.max_length:
             raise ValueError(f"prompt length {p} + input length {t} exceeds {self.max_length} positions")
-        x_embed = self.encoder.get_input_embeddings()(input_ids)  # [B, T, D]
-        z = torch.cat([self.prompts[:, None].expand(n, b, p, d), x_embed[None].expand(n, b, t, d)], dim=2)
-        mask = attention_mask.repeat(n, 1)  # [N * B, T]
-        hidden = self.encoder(inputs_embeds=z.reshape(n * b, p + t, d),
-                              attention_mask=extend_mask(mask, p)).last_hidden_state  # [N * B, P + T, D]
+        encoder = self.members[0].encoder
+        x_embed = encoder.get_input_embeddings()(input_ids)  # [N, B, T, D]
+        z = torch.cat([prompts[:, None].expand(n, b, p, d).to(x_embed.dtype), x_embed], dim=2)  # [N, B, P+T, D]
+        mask = attention_mask.reshape(n * b, t)  # [N * B, T]
+        hidden = encoder(inputs_embeds=z.reshape(n * b, p + t, d),
+                         attention_mask=extend_mask(mask, p)).last_hidden_state  # [N * B, P + T, D]
         f = mean_pool(hidden[:, p:], mask).view(n, b, d)  # [N, B, D]
-        return torch.einsum("nbd,ncd->nbc", f, self.head_weight) + self.head_bias[:, None]  # [N, B, C]
-
-    def predict(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return majority_vote(self(input_ids, attention_mask))  # [B]
+        weight = torch.stack([m.head.weight for m in self.members])  # [N, C, D]
+        bias = torch.stack([m.head.bias for m in self.members])  # [N, C]
+        return torch.einsum("nbd,ncd->nbc", f, weight) + bias[:, None]  # [N, B, C]
 
 
 # ------------------------------------------------------------------------------------------------- optimiser

@@ -66,20 +66,32 @@ class TextTask:
 
 @dataclass(frozen=True)
 class TokenizedSplit:
-    """input_ids and attention_mask int64 [N, L], right-padded to the source's longest (<= max_length)."""
+    """input_ids and attention_mask int64 [N, L], right-padded to the source's longest (<= max_length), and
+    labels [N], on any device; lengths [N] (real tokens per row) is a NumPy array on the host, so cutting a
+    batch reads nothing back from the device."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor
+    lengths: np.ndarray
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def to(self, device) -> "TokenizedSplit":
+        return TokenizedSplit(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device),
+                              self.lengths)
+
     def batch(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Rows `index`, trimmed to the longest example among them (one host read)."""
-        mask = self.attention_mask[index]  # [B, L]
-        t = int(mask.sum(1).max())
-        return self.input_ids[index, :t], mask[:, :t], self.labels[index]
+        """Rows `index` (a CPU tensor of any shape [...]) trimmed to the longest example among them:
+        input_ids and mask [..., t], labels [...]."""
+        t = int(self.lengths[index.numpy()].max())
+        rows = index.to(self.labels.device)
+        return self.input_ids[rows, :t], self.attention_mask[rows, :t], self.labels[rows]
+
+    def by_length(self, rows: torch.Tensor) -> torch.Tensor:
+        """The permutation of `rows` [n] (CPU) that sorts them by length, shortest first (stable)."""
+        return torch.from_numpy(np.argsort(self.lengths[rows.numpy()], kind="stable"))
 
 
 # --------------------------------------------------------------------------------------------------- readers
@@ -229,6 +241,11 @@ def _verify(name: str, spec: TaskSpec) -> str:
     return hashlib.sha1("".join(sorted(files.values())).encode()).hexdigest()[:12]
 
 
+def verify_task(name: str) -> None:
+    """Task `name`'s files are under the data root with their MANIFEST sha256 (one clear error otherwise)."""
+    _verify(name, _spec(name))
+
+
 def read_sources(name: str) -> dict[str, TextSplit]:
     """Every labelled source of task `name` as read from its files, verified (sha256, count, label range)."""
     spec = _spec(name)
@@ -333,6 +350,7 @@ def tokenize_task(name: str, tokenizer, max_length: int, seed: int = 0) -> dict[
     for split, (source, index) in split_indices(name, seed).items():
         index = torch.from_numpy(index)
         tensors = sources[source]
-        out[split] = TokenizedSplit(tensors["input_ids"][index], tensors["attention_mask"][index],
-                                    tensors["labels"][index])
+        mask = tensors["attention_mask"][index]
+        out[split] = TokenizedSplit(tensors["input_ids"][index], mask, tensors["labels"][index],
+                                    mask.sum(1).numpy())
     return out
