@@ -171,6 +171,14 @@ def markdown_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def summary_rows(records, columns) -> pd.DataFrame:
+    """One row per run: setting, seed, `columns(record)` (the config values a report groups by) and the run's
+    scalar summary (lists and dicts left out)."""
+    return pd.DataFrame([{"setting": r.setting, "seed": r.seed, **columns(r),
+                          **{k: v for k, v in r.summary.items() if not isinstance(v, (list, dict))}}
+                         for r in records])
+
+
 def load_results(paper: str, results: Path, scale: str):
     """(experiments spec, run records, per-step frame, per-run frame) of a paper's results folder, keeping
     only the settings the scale runs now (a setting since removed from experiments.yaml may linger there)."""

@@ -1,7 +1,7 @@
 import pandas as pd
 import pytest
 
-from common.report import (INCONCLUSIVE, NOT_JUDGED, NOT_REPRODUCED, REPRODUCED, Report, evaluate_claims,
+from common.report import (INCONCLUSIVE, summary_rows, NOT_JUDGED, NOT_REPRODUCED, REPRODUCED, Report, evaluate_claims,
                            load_results, mean_std, paper_vs_ours, regime_table, verdict)
 from common.results import RunRecord
 
@@ -151,3 +151,12 @@ def test_the_index_reads_the_best_measured_regime_ratio(tmp_path):
                               {"baseline": "Z", "setting": "zz", "metric": "acc", "reference": 0.9,
                                "reference_source": "t"}]}, _summary())
     assert _regime(tmp_path) == f"{0.85 / 0.9:.2f}"
+
+
+def test_summary_rows_keep_scalars_and_the_papers_columns():
+    from types import SimpleNamespace
+    rec = SimpleNamespace(setting="a", seed=1, config={"lr": 0.1},
+                          summary={"acc": 0.5, "curve": [1, 2], "matrix": {"x": 1}})
+    frame = summary_rows([rec], lambda r: {"lr": r.config["lr"]})
+    assert list(frame.columns) == ["setting", "seed", "lr", "acc"]
+    assert frame.iloc[0].tolist() == ["a", 1, 0.1, 0.5]

@@ -9,7 +9,7 @@ import pandas as pd
 import torch
 
 from common import plots
-from common.report import Report, aggregate, load_results, mean_std
+from common.report import Report, aggregate, load_results, mean_std, summary_rows
 from papers.feddg import PAPER, fourier
 from papers.feddg.config import PAPER_ID
 from papers.feddg.domains import build_domain, unit_float
@@ -25,15 +25,12 @@ SIDE = 32
 # ------------------------------------------------------------------------------------------------- the frames
 def runs_frame(records) -> pd.DataFrame:
     """One row per run: setting, seed, the config values the report groups by, and the scalar summary."""
-    rows = []
-    for r in records:
+    def columns(r) -> dict:
         c = r.config
-        scalars = {k: v for k, v in r.summary.items() if not isinstance(v, (list, dict))}
-        rows.append({"setting": r.setting, "seed": r.seed, "task": c["task"], "unseen": c["unseen"],
-                     "method": c["method"], "transform": c["freq_transform"], "band": c["band"],
-                     "local_epochs": c["local_epochs"], "label": label(c), "wall_time_s": r.wall_time_s,
-                     **scalars})
-    return pd.DataFrame(rows)
+        return {"task": c["task"], "unseen": c["unseen"], "method": c["method"], "transform": c["freq_transform"],
+                "band": c["band"], "local_epochs": c["local_epochs"], "label": label(c),
+                "wall_time_s": r.wall_time_s}
+    return summary_rows(records, columns)
 
 
 def label(c: dict) -> str:

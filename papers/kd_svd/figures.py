@@ -10,7 +10,7 @@ import pandas as pd
 import seaborn as sns
 
 from common import plots
-from common.report import Report, aggregate, load_results, mean_std
+from common.report import Report, aggregate, load_results, mean_std, summary_rows
 from common.results import RunRecord
 from papers.kd_svd import PAPER
 from papers.kd_svd.config import PAPER_ID
@@ -22,14 +22,9 @@ METHOD_ORDER = list(METHOD_LABELS)
 # ------------------------------------------------------------------------------------------------- the frames
 def runs_frame(records) -> pd.DataFrame:
     """One row per run: setting, seed, the config values the report groups by, and the run's scalar summary."""
-    rows = []
-    for r in records:
-        c = r.config
-        scalars = {k: v for k, v in r.summary.items() if not isinstance(v, (list, dict))}
-        rows.append({"setting": r.setting, "seed": r.seed, "method": c["method"], "dataset": c["dataset"],
-                     "train_images": r.summary.get("train_images"), "epochs": c["epochs"],
-                     "panel": panel_of(r), **scalars})
-    return pd.DataFrame(rows)
+    return summary_rows(records, lambda r: {
+        "method": r.config["method"], "dataset": r.config["dataset"],
+        "train_images": r.summary.get("train_images"), "epochs": r.config["epochs"], "panel": panel_of(r)})
 
 
 def panel_of(record) -> str:

@@ -16,7 +16,7 @@ import seaborn as sns
 
 from common import plots
 from common.experiments import build_config, scale_spec
-from common.report import Report, aggregate, load_results, mean_std
+from common.report import Report, aggregate, load_results, mean_std, summary_rows
 from papers.prompt_tuning import PAPER
 from papers.prompt_tuning.config import PAPER_ID, PromptTuningConfig
 
@@ -31,15 +31,8 @@ ENSEMBLE_VIEWS = {"mean_member_test_acc": "average prompt", "val_best_member_tes
 # ------------------------------------------------------------------------------------------------- the frames
 def runs_frame(records) -> pd.DataFrame:
     """One row per run: setting, seed, the config values the panels group by, and the run's scalar summary."""
-    rows = []
-    for r in records:
-        c = r.config
-        scalars = {k: v for k, v in r.summary.items() if not isinstance(v, (list, dict))}
-        rows.append({"setting": r.setting, "seed": r.seed, "method": c["method"], "task": c["task"],
-                     "backbone": c["backbone"], "prompt_length": c["prompt_length"], "prompt_init": c["prompt_init"],
-                     "ensemble_size": c["ensemble_size"], "steps": c["steps"], "wall_time_s": r.wall_time_s,
-                     **scalars})
-    runs = pd.DataFrame(rows)
+    keys = ("method", "task", "backbone", "prompt_length", "prompt_init", "ensemble_size", "steps")
+    runs = summary_rows(records, lambda r: {**{k: r.config[k] for k in keys}, "wall_time_s": r.wall_time_s})
     runs["model"] = [model_label(b, int(n)) for b, n in zip(runs["backbone"], runs["layers"])]
     return runs
 
