@@ -94,11 +94,13 @@ def _progress(paper: str, scale: str, out: Path) -> str:
     return f"[{paper}] {len(done)} of {total} runs done, about {left:.0f} min of run time left (divided by the parallel jobs)"
 
 
-def main(paper: str, config_cls, run_fn: Callable, report_fn: Callable, argv: list[str] | None = None) -> int:
+def main(paper: str, config_cls, run_fn: Callable, report_fn: Callable, argv: list[str] | None = None,
+         check_more: Callable[[str], None] | None = None) -> int:
     """`config_cls` is the paper's config dataclass, or a function of a run's overrides that returns one;
     `run_fn(cfg, seed, record, device)` runs on `device` and fills `record.history` / `record.summary` /
     `record.bytes_sent`;
-    `report_fn(results_dir, out_dir, scale)` writes the report."""
+    `report_fn(results_dir, out_dir, scale)` writes the report; `check_more(scale)`, if given, is the paper's own
+    part of `check` (its inputs beyond the data sets), raising one of USER_ERRORS."""
     parser = argparse.ArgumentParser(prog=f"python -m papers.{paper}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="one run: a setting of experiments.yaml at a scale, one seed")
@@ -123,6 +125,8 @@ def main(paper: str, config_cls, run_fn: Callable, report_fn: Callable, argv: li
         if args.command == "runs":
             print("\n".join(experiments.run_ids(paper, args.scale)))
         elif args.command == "check":
+            if check_more is not None:
+                check_more(args.scale)
             print(f"{paper}/{args.scale}: {len(experiments.settings(paper, args.scale))} settings, data sets "
                   f"{', '.join(check(paper, config_cls, args.scale)) or 'none'}: ok")
         elif args.command == "run":

@@ -102,14 +102,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["teacher"]:
         return teacher_main(argv[1:])
-    if argv[:1] == ["check"]:
-        scale = argparse.ArgumentParser(add_help=False)
-        scale.add_argument("--scale", default="quick")
-        try:
-            check_teacher(scale.parse_known_args(argv[1:])[0].scale)
-        except experiments.ConfigError as exc:
-            print("error: " + " ".join(str(exc).split()), file=sys.stderr)
-            return 2
     run_fn = train
     if argv[:1] == ["run"]:
         pre = argparse.ArgumentParser(add_help=False)
@@ -121,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         out = where.parse_known_args(argv[1:])[0]
         path = known.teacher or (default_teacher_path(out.out, out.seed) if out.out else None)
         run_fn = functools.partial(train, teacher_path=path)
-    return cli.main(PAPER_ID, KDConfig, run_fn, report, argv)
+    return cli.main(PAPER_ID, KDConfig, run_fn, report, argv, check_more=check_teacher)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ and that every backbone it loads is installed (the T5 folders at the paper scale
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 from common import cli, experiments
@@ -37,16 +36,7 @@ def check_inputs(scale: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["check"]:
-        scale = argparse.ArgumentParser(add_help=False)
-        scale.add_argument("--scale", default="quick")
-        try:
-            check_inputs(scale.parse_known_args(argv[1:])[0].scale)
-        except cli.USER_ERRORS as exc:
-            print("error: " + " ".join(str(exc).split()), file=sys.stderr)
-            return 2
-    return cli.main(*ENTRY, argv)
+    return cli.main(*ENTRY, argv, check_more=check_inputs)
 
 
 if __name__ == "__main__":
