@@ -1,4 +1,4 @@
-"""Seconds per KD-SVD student step by method, the networks in NCHW against channels-last (NHWC) memory.
+"""Seconds per KD-SVD student step by method, the networks in NCHW (as run) against channels-last (NHWC) memory.
 
     python benchmarks/kd_svd_step.py                    # quick-scale networks, batch 128, 1 thread
     python benchmarks/kd_svd_step.py --threads 2 --out benchmarks/results/kd_svd_step.json

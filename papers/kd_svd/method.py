@@ -90,16 +90,7 @@ def subset_seed(seed: int) -> int:
 
 
 def build_network(cfg: KDConfig | TeacherConfig, shape: tuple[int, int, int], num_classes: int) -> KDResNet:
-    """The network in channels-last memory (NHWC, the official TensorFlow layout): on a CPU its narrow
-    convolutions run about twice as fast as in NCHW (benchmarks/kd_svd_step.py); the numbers are the same up to
-    rounding. Inputs are converted by `channels_last`."""
-    model = models.build_model("kd_resnet", shape, num_classes, widths=cfg.widths, blocks=cfg.blocks)
-    return model.to(memory_format=torch.channels_last)
-
-
-def channels_last(x: torch.Tensor) -> torch.Tensor:
-    """A batch [B, C, H, W] in the networks' memory layout (same values)."""
-    return x.contiguous(memory_format=torch.channels_last)
+    return models.build_model("kd_resnet", shape, num_classes, widths=cfg.widths, blocks=cfg.blocks)
 
 
 # ---------------------------------------------------------------------------------------------------- losses
@@ -167,7 +158,7 @@ def train_teacher(cfg: TeacherConfig, seed: int, record: RunRecord, device: torc
     optimizer = sgd(model.parameters(), cfg)
 
     def step(x, y, epoch):
-        loss = F.cross_entropy(model(channels_last(x)), y)
+        loss = F.cross_entropy(model(x), y)
         loss.backward()
         return loss.detach()
 
@@ -240,7 +231,6 @@ class StudentStep:
         self.ratio: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, epoch: int) -> torch.Tensor:
-        x = channels_last(x)
         logits, maps = self.student(x, maps=True)
         if self.distill is None or (self.stage == "main" and self.cfg.method in TWO_STAGE and self.cfg.init_epochs):
             loss = F.cross_entropy(logits, y)          # the student alone, or FitNets/FSP after initialisation
@@ -271,7 +261,7 @@ class StudentStep:
 
 def fixed_batch(data, n: int) -> torch.Tensor:
     """The first n images of a data set, normalised, without augmentation [n, C, H, W]."""
-    return channels_last(data.normalize(data.x[:n]))
+    return data.normalize(data.x[:n])
 
 
 def time_distillation(distill, student: nn.Module, teacher: nn.Module, x: torch.Tensor) -> float:
