@@ -547,6 +547,24 @@ def test_every_claim_and_regime_row_names_settings_its_scale_runs():
         assert row["setting"] in runs and runs.get(row.get("reference_setting", row["setting"])) == runs[row["setting"]]
 
 
+def test_report_panels_split_the_scale_trend_from_the_task_panel():
+    import pandas as pd
+
+    from papers.prompt_tuning.figures import paired_gap, scale_tasks, task_panel
+
+    rows = [("sst2", "A", "model_tuning", 0, 0.9), ("sst2", "A", "prompt_tuning", 0, 0.8),
+            ("sst2", "B", "model_tuning", 0, 0.9), ("sst2", "B", "prompt_tuning", 0, 0.85),
+            ("trec", "B", "model_tuning", 0, 0.7), ("trec", "B", "prompt_tuning", 0, 0.75),
+            ("trec", "B", "model_tuning", 1, 0.6)]
+    main = pd.DataFrame(rows, columns=["task", "model", "method", "seed", "test_acc"]).assign(parameters=1)
+    assert scale_tasks(main) == ["sst2"]  # trec has one model: the task panel's, not a scale trend
+    panel = task_panel(main)
+    assert set(panel["model"]) == {"B"} and set(panel["task"]) == {"sst2", "trec"}
+    gaps = paired_gap(panel).set_index("task")["gap"]
+    assert gaps.round(6).to_dict() == {"sst2": 5.0, "trec": -5.0}  # seed 1 has no prompt-tuning pair
+    assert task_panel(main[main["task"] == "sst2"]).empty
+
+
 # ------------------------------------------------------------------------------------------ the workflow (#17)
 @pytest.mark.workflow
 @needs_text
@@ -555,7 +573,7 @@ def test_prompt_tuning_workflow(tmp_path):
 
     run_workflow("prompt_tuning", tmp_path)
     out = tmp_path / "reports" / "smoke" / "prompt_tuning"
-    check_report(out, ["fig1_scale", "fig3a_length", "fig3b_init", "ensemble", "curves"])
+    check_report(out, ["fig1_scale", "tasks", "fig3a_length", "fig3b_init", "ensemble", "curves"])
     regime = (out / "tables" / "regime.csv").read_text()
     assert regime.startswith("baseline,setting,ours,reference,reference_source,ratio")
     record = json.loads((tmp_path / "results/smoke/prompt_tuning/pt_minilm_l1/seed0.json").read_text())

@@ -74,6 +74,18 @@ def paired_gap(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 # ------------------------------------------------------------------------------------------------- the tables
+def scale_tasks(main: pd.DataFrame) -> list[str]:
+    """Tasks run on more than one model (the scale trend); the others are the task panel's."""
+    models = main.groupby("task", sort=False)["model"].nunique()
+    return list(models[models > 1].index)
+
+
+def task_panel(main: pd.DataFrame) -> pd.DataFrame:
+    """Main-line runs of the models run on more than one task (the task panel; empty with one task)."""
+    tasks = main.groupby("model")["task"].nunique()
+    return main[main["model"].isin(tasks[tasks > 1].index)]
+
+
 def table_results(runs: pd.DataFrame) -> pd.DataFrame:
     """Per setting: the run's method and model, trainable parameters, and mean ± std over seeds of the test
     and best validation accuracy (%) and the selected step."""
@@ -142,7 +154,7 @@ def _mean_sd(df: pd.DataFrame, keys: list[str], value: str) -> pd.DataFrame:
 def fig_scale(main: pd.DataFrame):
     """The paper's Fig. 1 shape: test accuracy by frozen-model parameters for each method (mean ± std over
     seeds), and model tuning minus prompt tuning (paired by seed), one row per task."""
-    tasks = list(dict.fromkeys(main["task"]))
+    tasks = scale_tasks(main)
     gaps = paired_gap(main)
     fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 3.8 * len(tasks)), squeeze=False)
     palette = dict(zip(METHOD_LABELS.values(), sns.color_palette("colorblind", 3)))
@@ -172,6 +184,30 @@ def fig_scale(main: pd.DataFrame):
             ax.set_xticks(sorted(set(stats["parameters"])))
             ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1e6:.0f}M"))
             ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    fig.tight_layout()
+    return fig
+
+
+def fig_tasks(panel: pd.DataFrame):
+    """Test accuracy per task of each method on one model (mean ± std over seeds, the seeds as dots), and the
+    model-tuning gap paired by seed."""
+    tasks = list(dict.fromkeys(panel.sort_values("task", key=lambda t: t != "sst2")["task"]))
+    hue_order = [m for m in METHOD_LABELS.values() if m in set(panel["method"].map(METHOD_LABELS))]
+    df = panel.assign(acc=100 * panel["test_acc"], method=panel["method"].map(METHOD_LABELS))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [2, 1]})
+    sns.pointplot(data=df, x="task", y="acc", hue="method", order=tasks, hue_order=hue_order, errorbar="sd",
+                  dodge=0.4, linestyle="none", capsize=0.08, marker="s", ax=left, palette="colorblind")
+    sns.stripplot(data=df, x="task", y="acc", hue="method", order=tasks, hue_order=hue_order, dodge=True,
+                  ax=left, palette="colorblind", size=3, alpha=0.5, legend=False)
+    left.set(xlabel="task", ylabel="test accuracy (%)",
+             title=f"Tasks on one frozen model ({', '.join(sorted(set(panel['model'])))})")
+    left.legend(frameon=False, fontsize=8)
+    gaps = paired_gap(panel)
+    sns.pointplot(data=gaps, x="task", y="gap", order=tasks, errorbar="sd", capsize=0.1, color="k",
+                  linestyle="none", ax=right)
+    sns.stripplot(data=gaps, x="task", y="gap", order=tasks, color="0.5", size=3, jitter=False, ax=right)
+    right.axhline(0, color="0.6", lw=1, ls="--")
+    right.set(xlabel="task", ylabel="model tuning − prompt tuning (pt)", title="The gap per task (paired by seed)")
     fig.tight_layout()
     return fig
 
@@ -256,8 +292,13 @@ def report(results: Path, out: Path, scale: str) -> None:
     rep.section("Results")
     rep.table("scale", table_scale(main), "Test accuracy by model (the paper's Fig. 1 as a table), mean ± std "
               "over seeds; the gap is paired by seed")
-    rep.figure("fig1_scale", fig_scale(main), "Accuracy by model size for prompt tuning, model tuning and the "
-               "linear probe, and the gap between model and prompt tuning (the paper's Fig. 1)")
+    if scale_tasks(main):
+        rep.figure("fig1_scale", fig_scale(main), "Accuracy by model size for prompt tuning, model tuning and "
+                   "the linear probe, and the gap between model and prompt tuning (the paper's Fig. 1)")
+    panel = task_panel(main)
+    if len(panel):
+        rep.figure("tasks", fig_tasks(panel), "The task panel: prompt tuning, model tuning and the linear probe "
+                   "on one small frozen model across tasks, and the gap between model and prompt tuning")
     refs = main[main["model"].isin(set(abl["model"])) & main["task"].isin(set(abl["task"]))
                 & (main["method"] != "prompt_tuning")]
     if abl["prompt_length"].nunique() > 1:
@@ -309,10 +350,19 @@ def reading(runs: pd.DataFrame, main: pd.DataFrame, abl: pd.DataFrame, base: Pro
     """Sentences written from the numbers."""
     lines = []
     gaps = paired_gap(main)
-    for task, g in gaps.groupby("task", sort=False):
+    for task, g in gaps[gaps["task"].isin(scale_tasks(main))].groupby("task", sort=False):
         s = _mean_sd(g, ["model", "parameters"], "gap").sort_values("parameters")
         trend = ", ".join(f"{r.model}: {r.mean:+.1f} ± {r.std:.1f}" for r in s.itertuples())
         lines.append(f"- **Scale ({task}).** Model tuning minus prompt tuning, by model size (pt): {trend}.")
+    panel = task_panel(main)
+    if len(panel):
+        acc = _mean_sd(panel.assign(acc=100 * panel["test_acc"]), ["task", "method"], "acc")
+        acc = acc.sort_values("method", key=lambda m: m.map(list(METHOD_LABELS).index), kind="stable")
+        per_task = "; ".join(
+            f"{task}: " + ", ".join(f"{METHOD_LABELS[r.method].lower()} {r.mean:.1f} ± {r.std:.1f} %"
+                                    for r in g.itertuples())
+            for task, g in acc.groupby("task", sort=False))
+        lines.append(f"- **Task panel** ({', '.join(sorted(set(panel['model'])))}): {per_task}.")
     if len(abl):
         acc = abl.assign(acc=100 * abl["test_acc"])
         by_len = _mean_sd(acc[acc["prompt_init"] == base.prompt_init], ["prompt_length"], "acc")
