@@ -106,10 +106,13 @@ def table_results(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def table_scale(main: pd.DataFrame) -> pd.DataFrame:
-    """Per task and model (by parameters): test accuracy of each method and the model-tuning gap, mean ± std."""
+    """Per task and model (the scale trend's tasks first, models by parameters): test accuracy of each method and
+    the model-tuning gap, mean ± std."""
     gaps = paired_gap(main)
     rows = []
-    for (task, model), g in main.sort_values("parameters").groupby(["task", "model"], sort=False):
+    order = main.assign(panel_only=~main["task"].isin(scale_tasks(main)))
+    for (task, model), g in order.sort_values(["panel_only", "task", "parameters"]).groupby(["task", "model"],
+                                                                                           sort=False):
         row = {"task": task, "model": model, "parameters": f"{int(g['parameters'].iloc[0]):,}"}
         for m, label in METHOD_LABELS.items():
             row[f"{label} (%)"] = mean_std(g[g["method"] == m]["test_acc"], 100)
