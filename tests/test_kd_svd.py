@@ -507,9 +507,19 @@ def test_smoke_run_then_report(smoke_teacher):
     assert claims["kd_svd_beats_student_small_data"]["n_seeds"] == 1
     assert claims["kd_svd_beats_hinton_small_data"]["verdict"] == "not run at this scale"
     assert claims["kd_eid_faster_per_step"]["verdict"] == "shown, not judged (illustrative)"
-    for name in ("learning_curves_0", "accuracy_agreement", "relations", "cost"):
+    for name in ("learning_curves_0", "grad_ratio", "accuracy_agreement", "relations", "cost"):
         assert (report / "figures" / f"{name}.png").stat().st_size > 1000
     assert "teachers.csv" in {p.name for p in (report / "tables").iterdir()}
+
+
+def test_over_ce_share_counts_main_stage_probes_after_the_first_epoch():
+    from papers.kd_svd.figures import over_ce_share
+
+    history = [{"stage": "init", "grad_ratio": 9.0}, {"stage": "main", "grad_ratio": 5.0},
+               {"stage": "main", "grad_ratio": 0.5}, {"stage": "main", "grad_ratio": 2.0},
+               {"stage": "main", "grad_ratio": 1.0}, {"stage": "main", "grad_ratio": 3.0}, {"stage": "main"}]
+    assert over_ce_share(history) == 0.5            # 2.0 and 3.0 of [0.5, 2.0, 1.0, 3.0]
+    assert math.isnan(over_ce_share([{"stage": "main", "train_loss": 1.0}]))
 
 
 def np_shape(nested):

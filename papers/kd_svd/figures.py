@@ -21,10 +21,20 @@ METHOD_ORDER = list(METHOD_LABELS)
 
 # ------------------------------------------------------------------------------------------------- the frames
 def runs_frame(records) -> pd.DataFrame:
-    """One row per run: setting, seed, the config values the report groups by, and the run's scalar summary."""
+    """One row per run: setting, seed, the config values the report groups by, the run's scalar summary and
+    `over_ce`, the share of its probed batches after the first epoch where ‖g_KD‖ > ‖g_CE‖."""
     return summary_rows(records, lambda r: {
         "method": r.config["method"], "dataset": r.config["dataset"],
-        "train_images": r.summary.get("train_images"), "epochs": r.config["epochs"], "panel": panel_of(r)})
+        "train_images": r.summary.get("train_images"), "epochs": r.config["epochs"], "panel": panel_of(r),
+        "over_ce": over_ce_share(r.history)})
+
+
+def over_ce_share(history: list[dict]) -> float:
+    """The share of the main stage's probed batches, after the first epoch, where the weighted distillation
+    gradient outnorms the cross-entropy's (grad_ratio > 1: where KD-SVD's multi-task rule clips it to ‖g_CE‖);
+    NaN for a run without a distillation gradient."""
+    ratios = [h["grad_ratio"] for h in history if h.get("stage") == "main" and "grad_ratio" in h][1:]
+    return float(np.mean([r > 1 for r in ratios])) if ratios else float("nan")
 
 
 def panel_of(record) -> str:
@@ -53,6 +63,9 @@ def table_results(runs: pd.DataFrame) -> pd.DataFrame:
     fixed test batch."""
     pct = [c for c in ("final_test_acc", "best_test_acc", "final_agreement") if c in runs]
     out = aggregate(runs, pct, scale=100)
+    if runs["over_ce"].notna().any():
+        out = out.merge(aggregate(runs, ["over_ce"], scale=100, digits=0).drop(columns="seeds"), on="setting",
+                        how="left")
     other = [c for c in ("final_kl_teacher_student", "grad_ratio", "relation_distance") if c in runs]
     out = out.merge(aggregate(runs, other, digits=3).drop(columns="seeds"), on="setting")
     first = runs.drop_duplicates("setting").set_index("setting")
@@ -61,7 +74,8 @@ def table_results(runs: pd.DataFrame) -> pd.DataFrame:
     return out.rename(columns={
         "final_test_acc": "final test acc (%)", "best_test_acc": "best test acc (%)",
         "final_agreement": "top-1 agreement with teacher (%)", "final_kl_teacher_student": "KL(T ‖ S) (nats)",
-        "grad_ratio": "‖g_KD‖ / ‖g_CE‖", "relation_distance": "relation distance to teacher"})
+        "grad_ratio": "‖g_KD‖ / ‖g_CE‖", "over_ce": "probes with ‖g_KD‖ > ‖g_CE‖ (%)",
+        "relation_distance": "relation distance to teacher"})
 
 
 def table_gains(runs: pd.DataFrame) -> pd.DataFrame:
@@ -119,6 +133,29 @@ def fig_learning_curves(hist: pd.DataFrame, runs: pd.DataFrame, panel: str):
                              "seeds; FitNets and FSP count their initialisation epochs)")
     for ax in fig.axes:
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    return fig
+
+
+def fig_grad_ratio(hist: pd.DataFrame, runs: pd.DataFrame, panel: str,
+                   methods=("kd_svd", "kd_eid", "kd_svd_noalign")):
+    """‖g_KD‖ / ‖g_CE‖ on each epoch's first batch, one line per seed, a panel per multi-task method (log
+    scale): above 1, the rule clips the distillation gradient to the cross-entropy's norm."""
+    settings = [s for s in runs[(runs["panel"] == panel) & runs["method"].isin(methods)]["setting"].unique()]
+    if "grad_ratio" not in hist or not settings:
+        return None
+    settings.sort(key=lambda s: _order(runs, s))
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings), 3.4), sharey=True, squeeze=False)
+    for ax, setting in zip(axes[0], settings):
+        df = hist[(hist["setting"] == setting) & hist["grad_ratio"].notna()]
+        sns.lineplot(data=df, x="epoch", y="grad_ratio", hue="seed", palette="deep", marker="o", markersize=3,
+                     ax=ax, legend=ax is axes[0][-1])
+        ax.axhline(1.0, color="0.4", lw=0.8, ls="--")
+        ax.set_yscale("log")
+        ax.set_title(setting_label(setting, runs), fontsize=10)
+        ax.set_ylabel("‖g_KD‖ / ‖g_CE‖ (first batch of the epoch)")
+    sns.move_legend(axes[0][-1], "upper left", bbox_to_anchor=(1.01, 1), frameon=False, title="seed")
+    fig.suptitle(f"{panel}: the distillation gradient against the cross-entropy's, before the clip (dashed: "
+                 "above it the clip holds ‖g_KD‖ at ‖g_CE‖)", y=1.03, fontsize=10)
     return fig
 
 
@@ -220,6 +257,10 @@ def report(results: Path, out: Path, scale: str) -> None:
         if "test_acc" in hist and runs[runs["panel"] == panel]["setting"].nunique() > 1:
             rep.figure(f"learning_curves_{i}", fig_learning_curves(hist, runs, panel),
                        f"Test accuracy and agreement with the teacher per epoch, {panel}")
+    fig = fig_grad_ratio(hist, runs, main_panel(runs))
+    if fig is not None:
+        rep.figure("grad_ratio", fig, "The distillation gradient's norm against the cross-entropy's per epoch, "
+                   "for KD-SVD, KD-EID and the no-alignment ablation (one line per seed)")
     rep.figure("accuracy_agreement", fig_accuracy_agreement(runs), "Final test accuracy against top-1 "
                "agreement with the teacher, one dot per run")
     rel = relation_matrices(records)
@@ -288,6 +329,12 @@ def reading(runs: pd.DataFrame, teachers) -> str:
             label = METHOD_LABELS.get(group[group["setting"] == s]["method"].iloc[0], s)
             lines.append(f"  {label} ({s}): {m(s):.2f} % ({diff(s, student)} over the student alone, agreement "
                          f"{diff(s, student, 'final_agreement')}).")
+    clipped = runs[runs["method"].isin(["kd_svd", "kd_eid", "kd_svd_noalign"]) & runs["over_ce"].notna()]
+    if len(clipped):
+        shares = [f"{setting_label(s, runs)} {100 * g['over_ce'].mean():.0f} %"
+                  for s, g in sorted(clipped.groupby("setting"), key=lambda sg: _order(runs, sg[0]))]
+        lines.append("- **Where the multi-task clip bites** (probed batches after the first epoch with ‖g_KD‖ > "
+                     f"‖g_CE‖, mean over seeds; `figures/grad_ratio.png`): {'; '.join(shares)}.")
     lines.append("- Timings come from a shared machine and are shown, never judged; see `tables/cost.csv`.")
     lines.append("- See `papers/kd_svd/README.md` for every deviation from the paper and the official code.")
     return "\n".join(lines)
