@@ -317,6 +317,13 @@ def reading(runs: pd.DataFrame, teachers) -> str:
     if teachers:
         lines.append(f"- **Teachers.** {np.mean([100 * t.summary['test_acc'] for t in teachers]):.2f} % on average "
                      f"over {len(teachers)} seed(s).")
+    longest = runs[runs["method"] == "student"].sort_values("epochs").tail(1)
+    if teachers and len(longest) and longest["epochs"].iloc[0] > runs["epochs"].min():
+        t_acc = np.mean([100 * t.summary["test_acc"] for t in teachers])
+        s = longest["setting"].iloc[0]
+        lines.append(f"- **Teacher headroom.** The student alone trained longest ({s}, "
+                     f"{plural(int(longest['epochs'].iloc[0]), 'epoch')}) reaches {m(s):.2f} %; the teachers' mean "
+                     f"minus it is {t_acc - m(s):+.2f} pt, the room a distiller has at convergence.")
     for panel, group in runs.groupby("panel", sort=False):
         base = group[group["method"] == "student"]["setting"].unique()
         others = sorted(set(group["setting"]) - set(base), key=lambda s: _order(runs, s))
