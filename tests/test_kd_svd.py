@@ -171,6 +171,43 @@ def test_kd_svd_loss_is_zero_for_the_teachers_own_maps_and_positive_otherwise(ro
     assert all(torch.isfinite(s.grad).all() and s.grad.abs().sum() > 0 for s in student)
 
 
+def test_kd_svd_and_kd_eid_differ_only_by_the_teachers_sign(monkeypatch):
+    """The teacher's sign enters the relation between points: flipping one point's teacher vector changes the loss,
+    flipping all of them does not, and with the teacher's vectors turned to one sign the two routes give the same
+    loss and gradient (README, "Why KD-SVD falls behind KD-EID")."""
+    from papers.kd_svd import losses
+
+    gen = torch.Generator().manual_seed(8)
+    shapes = [(4, 8, 8, 8), (4, 16, 4, 4), (4, 32, 2, 2)]     # N/C = 8, 1, 1/8: XᵀX, plain SVD, XXᵀ on "eid"
+    teacher, student = ([torch.relu(torch.randn(s, generator=gen, dtype=torch.float64)) for s in shapes]
+                        for _ in range(2))
+    original = losses.truncated_svd
+
+    def loss_and_grads(route, signs):
+        teacher_signs = iter(signs)   # one per point, for the teacher's vector (n = 1; the student's have n = 4)
+
+        def turned(X, n, route="svd"):
+            sigma, V = original(X, n, route)
+            if n != 1:
+                return sigma, V
+            return sigma, V * next(teacher_signs) * torch.sign(V.sum(1, keepdim=True))
+        monkeypatch.setattr(losses, "truncated_svd", turned)
+        leaves = [f.clone().requires_grad_() for f in student]
+        value = losses.kd_svd_loss(leaves, teacher, route=route)
+        return value, torch.autograd.grad(value, leaves)
+
+    positive, g_pos = loss_and_grads("svd", [1, 1, 1])
+    negative, g_neg = loss_and_grads("svd", [-1, -1, -1])
+    one_flipped, _ = loss_and_grads("svd", [1, -1, 1])
+    eid, g_eid = loss_and_grads("eid", [1, 1, 1])
+    assert negative.item() == pytest.approx(positive.item(), rel=1e-12)
+    assert abs(one_flipped.item() - positive.item()) > 1e-3 * positive.item()
+    assert eid.item() == pytest.approx(positive.item(), rel=1e-9)
+    for a, b, c in zip(g_pos, g_neg, g_eid):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(c, a, rtol=1e-6, atol=1e-10)
+
+
 # -------------------------------------------------------------------------------------------- multi-task rule
 def gradient_lists(gen, dist_scale):
     shapes = [(3, 4), (5,), (2, 2, 3)]
