@@ -2,8 +2,8 @@
 
     python benchmarks/kd_svd_diagnostics.py --out benchmarks/results/kd_svd_diagnostics.json   # ~16 min, 1 thread
 
-Needs the quick scale's cached teachers, `results/quick/kd_svd/teacher/seed{0,1}.pt` (`snakemake -c2
-reports/kd_svd`). Two parts:
+Needs the quick scale's cached teachers, `results/quick/kd_svd/teacher/seed<k>.pt` for seeds 0, 1 and `--seed`
+(`snakemake -c2 reports/kd_svd`). Two parts:
 
 - `signs`: a singular vector's sign is arbitrary. Align_rsv turns the student's vectors to the teacher's, but the
   teacher's own sign is whatever the decomposition returns, and the RBF relation between consecutive points,
@@ -14,9 +14,9 @@ reports/kd_svd`). Two parts:
   run and with every teacher vector turned positive first. Teacher: seed 0's; "student": seed 1's teacher (the
   same widths, trained).
 - `alignment`: the quick scale's KD-SVD and KD-EID runs of `--seed` again (32 epochs; with the same seed each
-  retraces the workflow's run, whose record holds the same gradient ratios), recording per epoch the share of training images
-  where Align_rsv picks a candidate other than the student's leading vector, per point, beside ‖g_KD‖ / ‖g_CE‖
-  on the epoch's first batch (before the clip).
+  retraces the workflow's run, whose record holds the same gradient ratios), recording per epoch the share of
+  training images where Align_rsv picks a candidate other than the student's leading vector, per point, beside
+  ‖g_KD‖ / ‖g_CE‖ on the epoch's first batch (before the clip).
 """
 from __future__ import annotations
 
