@@ -314,12 +314,11 @@ def reading(runs: pd.DataFrame, teachers) -> str:
         return mean_std(d) + " pt" if len(d) else "n/a"
 
     lines = []
+    t_acc = np.mean([100 * t.summary["test_acc"] for t in teachers]) if teachers else float("nan")
     if teachers:
-        lines.append(f"- **Teachers.** {np.mean([100 * t.summary['test_acc'] for t in teachers]):.2f} % on average "
-                     f"over {len(teachers)} seed(s).")
+        lines.append(f"- **Teachers.** {t_acc:.2f} % on average over {len(teachers)} seed(s).")
     longest = runs[runs["method"] == "student"].sort_values("epochs").tail(1)
     if teachers and len(longest) and longest["epochs"].iloc[0] > runs["epochs"].min():
-        t_acc = np.mean([100 * t.summary["test_acc"] for t in teachers])
         s = longest["setting"].iloc[0]
         lines.append(f"- **Teacher headroom.** The student alone trained longest ({s}, "
                      f"{plural(int(longest['epochs'].iloc[0]), 'epoch')}) reaches {m(s):.2f} %; the teachers' mean "
