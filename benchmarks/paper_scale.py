@@ -9,6 +9,10 @@ For each setting it runs the paper's own CLI (`run --scale paper`) for two evalu
 eval_every = 1 for the federated papers; 2 x eval_every steps for gradient dropping) and reads the run record:
 the setup (data, partition, model: wall time minus the last logged `time_s`), the first slice and the second.
 A run is then estimated as setup + first + (L / slice - 1) x second, L being the setting's rounds (or steps).
+The centralised papers (KD-SVD) train two epochs (one initialisation epoch and one main epoch where the setting
+has an initialisation stage) and log seconds per step: a run is setup + each stage's epochs at its last slice
+epoch's cost. A paper with a cached teacher has it trained first for two epochs, timed the same way and counted
+once per seed; the slices of the students distil from it.
 Settings whose configs differ only in hyperparameters that change the numbers but not the work (COST_NEUTRAL:
 learning rates, loss weights, alpha) are timed once. When the run passes --max-seconds, the first slice's time
 (from its progress line) stands for every slice; when not even one slice ends, the setting is reported as not
@@ -23,6 +27,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import os
 import platform
 import re
@@ -60,29 +65,55 @@ def slice_overrides(config: dict) -> tuple[dict, str, int]:
     """(--set overrides for a two-slice run, the length key, the length of one slice)."""
     if "rounds" in config:
         return {"rounds": 2, "eval_every": 1}, "rounds", 1
+    if "epochs" in config:
+        first = {"init_epochs": 1} if config.get("init_epochs") else {}
+        return {**first, "epochs": 2 - len(first), "eval_every": 1}, "epochs", 1
     every = max(1, min(config["eval_every"], config["steps"] // 2))
     return {"steps": 2 * every, "eval_every": every}, "steps", every
 
 
 def config_of(paper: str, setting: str) -> dict:
-    """The full config of a paper-scale setting (defaults filled in), as the paper's CLI builds it."""
+    """The full config of a paper-scale setting (defaults filled in), as the paper's CLI builds it; `teacher`
+    is the paper's cached teacher (`teacher_config` of its CLI)."""
     from common import cli
 
-    cfg = cli.build(paper, importlib.import_module(f"papers.{paper}.__main__").ENTRY[1], "paper", setting)
+    main = importlib.import_module(f"papers.{paper}.__main__")
+    cfg = main.teacher_config("paper") if setting == "teacher" else cli.build(paper, main.ENTRY[1], "paper", setting)
     return {k: getattr(cfg, k) for k in cfg.__dataclass_fields__}
 
 
-def time_setting(paper: str, setting: str, dev: str, threads: int, max_seconds: float) -> dict:
+def has_teacher(paper: str) -> bool:
+    """Whether the paper's students distil from a teacher trained by a workflow job of its own."""
+    return "teacher" in experiments.scale_spec(paper, "paper")
+
+
+def epochs_seconds(record: dict, config: dict) -> float:
+    """A full run from a two-epoch slice: setup (wall time minus the epochs' steps) plus each stage's epochs
+    (`init`, `main`) at the cost of its last slice epoch (seconds per step x steps per epoch)."""
+    steps = math.ceil(record["summary"]["train_images"] / config["batch_size"])
+    epoch_s = {h.get("stage", "main"): h["step_s"] * steps for h in record["history"]}
+    setup = record["wall_time_s"] - steps * sum(h["step_s"] for h in record["history"])
+    return setup + epoch_s.get("init", 0.0) * config.get("init_epochs", 0) + epoch_s["main"] * config["epochs"]
+
+
+def time_setting(paper: str, setting: str, dev: str, threads: int, max_seconds: float,
+                 teacher: Path | None = None) -> dict:
     """Seconds of one full run of `setting` from a two-slice run of the paper's CLI, with how they were found:
     `two slices`, `one slice` (the second passed max_seconds: each slice is taken to cost the first's), or
-    None seconds when not even one slice ended within max_seconds."""
+    None seconds when not even one slice ended within max_seconds. `setting` 'teacher' trains the paper's
+    teacher slice into `teacher` (a .pt path); any other setting of such a paper distils from it."""
     config = config_of(paper, setting)
     sets, key, per_slice = slice_overrides(config)
     slices = config[key] / per_slice
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "r.json"
-        cmd = [sys.executable, "-m", f"papers.{paper}", "run", "--scale", "paper", "--setting", setting,
-               "--device", dev, "--threads", str(threads), "--out", str(out)]
+        if setting == "teacher":
+            out = teacher.with_name(f"teacher-{teacher.stem}.json")   # its record, beside the weights
+            cmd = [sys.executable, "-m", f"papers.{paper}", "teacher", "--scale", "paper", "--out", str(teacher)]
+        else:
+            out = Path(tmp) / "r.json"
+            cmd = [sys.executable, "-m", f"papers.{paper}", "run", "--scale", "paper", "--setting", setting,
+                   "--out", str(out)] + (["--teacher", str(teacher)] if teacher else [])
+        cmd += ["--device", dev, "--threads", str(threads)]
         cmd += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
         try:
             proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=max_seconds,
@@ -95,6 +126,8 @@ def time_setting(paper: str, setting: str, dev: str, threads: int, max_seconds: 
         if proc.returncode:
             raise SystemExit(f"{paper}/{setting}: {proc.stderr.strip().splitlines()[-1]}")
         record = json.loads(out.read_text())
+    if key == "epochs":
+        return {"seconds": epochs_seconds(record, config), "how": "two epochs"}
     times = [h["time_s"] for h in record["history"]]
     setup = record["wall_time_s"] - times[-1]
     return {"seconds": setup + times[0] + (slices - 1) * (times[1] - times[0]), "how": "two slices"}
@@ -109,21 +142,29 @@ def measure(paper: str, dev: str, threads: int, max_seconds: float) -> dict:
     """The paper's runs, how its settings were timed, and the total device time of those that could be."""
     settings = experiments.settings(paper, "paper")
     runs = experiments.run_ids(paper, "paper")
+    teachers = ["teacher"] if has_teacher(paper) else []
     timed: dict[str, dict] = {}
     seconds, measured_runs, unmeasured = 0.0, 0, []
-    for setting in settings:
-        key = cost_key(paper, setting)
-        if key not in timed:
-            timed[key] = time_setting(paper, setting, dev, threads, max_seconds)
-            t = timed[key]
-            print(f"  {paper}/{setting}: " + (f"{t['seconds'] / 3600:.3f} h per run ({t['how']})"
-                                             if t["seconds"] is not None else t["how"]), flush=True)
-        n_seeds = sum(r.startswith(f"{setting}/") for r in runs)
-        if timed[key]["seconds"] is None:
-            unmeasured.append(setting)
-        else:
-            seconds += n_seeds * timed[key]["seconds"]
-            measured_runs += n_seeds
+    with tempfile.TemporaryDirectory() as tmp:
+        teacher = Path(tmp) / "seed0.pt" if teachers else None
+        for setting in teachers + settings:
+            key = "teacher" if setting == "teacher" else cost_key(paper, setting)
+            if key not in timed:
+                timed[key] = time_setting(paper, setting, dev, threads, max_seconds, teacher)
+                t = timed[key]
+                print(f"  {paper}/{setting}: " + (f"{t['seconds'] / 3600:.3f} h per run ({t['how']})"
+                                                 if t["seconds"] is not None else t["how"]), flush=True)
+                if setting == "teacher" and t["seconds"] is None:
+                    raise SystemExit(f"{paper}: the teacher's slice passed --max-seconds; raise it to time the "
+                                     f"students, who need that teacher")
+            n_seeds = (len(experiments.seeds(paper, "paper")) if setting == "teacher"
+                       else sum(r.startswith(f"{setting}/") for r in runs))
+            if timed[key]["seconds"] is None:
+                unmeasured.append(setting)
+            else:
+                seconds += n_seeds * timed[key]["seconds"]
+                measured_runs += n_seeds
+    runs += [f"teacher/seed{k}" for k in experiments.seeds(paper, "paper")] if teachers else []
     return {"paper": paper, "runs": len(runs), "settings": len(settings), "settings_timed": len(timed),
             "settings_measured": sum(t["seconds"] is not None for t in timed.values()),
             "hours_per_run": round(seconds / max(1, measured_runs) / 3600, 3),

@@ -135,6 +135,22 @@ def test_the_paper_scale_prints_its_measured_cost_before_it_starts(tmp_path, mon
     assert workflow.paper_scale_estimate(["feddf"], "quick") == ""
 
 
+def test_the_paper_scale_benchmark_extrapolates_an_epoch_slice_per_stage():
+    import importlib.util
+
+    from common.workflow import REPO
+    spec = importlib.util.spec_from_file_location("paper_scale", REPO / "benchmarks" / "paper_scale.py")
+    paper_scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paper_scale)
+    config = {"epochs": 100, "init_epochs": 40, "batch_size": 32}
+    assert paper_scale.slice_overrides(config) == ({"init_epochs": 1, "epochs": 1, "eval_every": 1}, "epochs", 1)
+    assert paper_scale.slice_overrides({"epochs": 100, "init_epochs": 0})[0] == {"epochs": 2, "eval_every": 1}
+    # 100 images in batches of 32: 4 steps an epoch; 4 x (0.1 + 0.2) s of the 10 s were steps, 8.8 s setup
+    record = {"summary": {"train_images": 100}, "wall_time_s": 10.0,
+              "history": [{"stage": "init", "step_s": 0.1}, {"stage": "main", "step_s": 0.2}]}
+    assert paper_scale.epochs_seconds(record, config) == pytest.approx(8.8 + 40 * 0.4 + 100 * 0.8)
+
+
 def test_a_paper_sets_its_run_jobs_memory_and_time_or_gets_the_scale_default(monkeypatch):
     assert workflow.run_resources("gradient_dropping", "paper") == {"mem_mb": 8000, "runtime": 720}
     monkeypatch.setattr(workflow.experiments, "experiments", lambda paper: {"resources": {"paper": {"mem_mb": 16000}}})
