@@ -107,7 +107,7 @@ def time_setting(paper: str, setting: str, dev: str, threads: int, max_seconds: 
     slices = config[key] / per_slice
     with tempfile.TemporaryDirectory() as tmp:
         if setting == "teacher":
-            out = teacher.with_name(f"teacher-{teacher.stem}.json")   # its record, beside the weights
+            out = importlib.import_module(f"papers.{paper}.method").teacher_record_path(teacher)
             cmd = [sys.executable, "-m", f"papers.{paper}", "teacher", "--scale", "paper", "--out", str(teacher)]
         else:
             out = Path(tmp) / "r.json"
@@ -141,8 +141,9 @@ def cost_key(paper: str, setting: str) -> str:
 def measure(paper: str, dev: str, threads: int, max_seconds: float) -> dict:
     """The paper's runs, how its settings were timed, and the total device time of those that could be."""
     settings = experiments.settings(paper, "paper")
-    runs = experiments.run_ids(paper, "paper")
     teachers = ["teacher"] if has_teacher(paper) else []
+    runs = experiments.run_ids(paper, "paper")
+    runs += [f"teacher/seed{k}" for k in experiments.seeds(paper, "paper") if teachers]   # one per seed
     timed: dict[str, dict] = {}
     seconds, measured_runs, unmeasured = 0.0, 0, []
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,14 +158,12 @@ def measure(paper: str, dev: str, threads: int, max_seconds: float) -> dict:
                 if setting == "teacher" and t["seconds"] is None:
                     raise SystemExit(f"{paper}: the teacher's slice passed --max-seconds; raise it to time the "
                                      f"students, who need that teacher")
-            n_seeds = (len(experiments.seeds(paper, "paper")) if setting == "teacher"
-                       else sum(r.startswith(f"{setting}/") for r in runs))
+            n_seeds = sum(r.startswith(f"{setting}/") for r in runs)
             if timed[key]["seconds"] is None:
                 unmeasured.append(setting)
             else:
                 seconds += n_seeds * timed[key]["seconds"]
                 measured_runs += n_seeds
-    runs += [f"teacher/seed{k}" for k in experiments.seeds(paper, "paper")] if teachers else []
     return {"paper": paper, "runs": len(runs), "settings": len(settings), "settings_timed": len(timed),
             "settings_measured": sum(t["seconds"] is not None for t in timed.values()),
             "hours_per_run": round(seconds / max(1, measured_runs) / 3600, 3),
