@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import os
 import sys
 import time
@@ -23,7 +24,7 @@ from typing import Callable
 import torch
 import yaml
 
-from common import data, device, experiments
+from common import data, device, experiments, provenance
 from common.results import RunRecord, load_records, seed_everything
 from common.train import DivergenceError
 
@@ -50,6 +51,17 @@ def datasets_used(cfg) -> list[str]:
     return sorted({v for v in values if isinstance(v, str) and v in data.REGISTRY})
 
 
+def parse_seed_list(text: str) -> list[int]:
+    """`0,1,2` -> [0, 1, 2] (the report's --seeds)."""
+    try:
+        seeds = [int(k) for k in text.replace(" ", "").strip("[]").split(",") if k]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes non-negative integers separated by commas, got {text!r}")
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"--seeds takes non-negative integers separated by commas, got {text!r}")
+    return seeds
+
+
 def build(paper: str, config_cls, scale: str, setting: str, sets: dict | None = None):
     overrides = {**experiments.resolve(paper, scale, setting), **(sets or {})}
     cls = config_cls if isinstance(config_cls, type) else config_cls(overrides)
@@ -72,14 +84,26 @@ def check(paper: str, config_cls, scale: str) -> list[str]:
 
 
 def _check_writable(out: Path) -> None:
+    """--out is a new or regular file in a folder we can write (a device such as /dev/full, a folder or a link
+    is refused: the atomic rename would replace it), checked before a run starts."""
+    from common.files import check_regular_or_new, make_dirs
+
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
+        check_regular_or_new(out)
+        make_dirs(out.parent)
         probe = out.parent / f".{out.name}.probe{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise experiments.ConfigError(f"cannot write the run record to {out} ({exc.strerror}): choose a writable "
-                                      "--out") from None
+        raise experiments.ConfigError(f"cannot write the output to {out} ({exc.strerror}): choose a writable "
+                                      "--out, a new or regular file") from None
+
+
+def _write_error(exc: OSError, out: Path | None) -> str:
+    """One line for an OSError while writing a record or a report (a full disk, a read-only folder)."""
+    where = exc.filename or out or "the output"
+    return (f"error: could not write {where} ({exc.strerror or exc}): free space or fix the permissions there "
+            "(or choose another --out), then run the same command again")
 
 
 def _progress(paper: str, scale: str, out: Path) -> str:
@@ -99,7 +123,8 @@ def main(paper: str, config_cls, run_fn: Callable, report_fn: Callable, argv: li
     """`config_cls` is the paper's config dataclass, or a function of a run's overrides that returns one;
     `run_fn(cfg, seed, record, device)` runs on `device` and fills `record.history` / `record.summary` /
     `record.bytes_sent`;
-    `report_fn(results_dir, out_dir, scale)` writes the report; `check_more(scale)`, if given, is the paper's own
+    `report_fn(results_dir, out_dir, scale)` writes the report (or the name of the module holding `report`, imported
+    only by the report command); `check_more(scale)`, if given, is the paper's own
     part of `check` (its inputs beyond the data sets), raising one of USER_ERRORS."""
     parser = argparse.ArgumentParser(prog=f"python -m papers.{paper}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -115,6 +140,10 @@ def main(paper: str, config_cls, run_fn: Callable, report_fn: Callable, argv: li
     rep.add_argument("--scale", default="quick", choices=experiments.SCALES)
     rep.add_argument("--results", required=True, type=Path)
     rep.add_argument("--out", required=True, type=Path)
+    rep.add_argument("--seeds", type=parse_seed_list, default=None, metavar="K,K,...",
+                     help="read only these seeds (the workflow's `seeds` override); default: the scale's own")
+    rep.add_argument("--allow-stale", action="store_true",
+                     help="build a draft from records whose code files differ from the tree (said in its header)")
     runs = sub.add_parser("runs", help="list the run ids of a scale")
     runs.add_argument("--scale", default="quick", choices=experiments.SCALES)
     chk = sub.add_parser("check", help="check every setting and data set of a scale before running")
@@ -125,6 +154,9 @@ def main(paper: str, config_cls, run_fn: Callable, report_fn: Callable, argv: li
         if args.command == "runs":
             print("\n".join(experiments.run_ids(paper, args.scale)))
         elif args.command == "check":
+            from common import claims   # report code: imported here, so a run never loads it
+
+            claims.check(paper)
             if check_more is not None:
                 check_more(args.scale)
             print(f"{paper}/{args.scale}: {len(experiments.settings(paper, args.scale))} settings, data sets "
@@ -141,17 +173,26 @@ def main(paper: str, config_cls, run_fn: Callable, report_fn: Callable, argv: li
             torch.set_num_threads(args.threads)
             seed_everything(args.seed)
             record = RunRecord(paper=paper, setting=args.setting, seed=args.seed, scale=args.scale,
+                               overrides={**experiments.resolve(paper, args.scale, args.setting),
+                                          **parse_sets(args.set)},
                                config={k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
                                device=device.prepare(dev))
             start = time.perf_counter()
             run_fn(cfg, args.seed, record, dev)
             record.wall_time_s = time.perf_counter() - start
+            provenance.stamp(record)
             record.save(args.out)
             print(f"[{paper}] {args.setting} seed {args.seed}: {record.wall_time_s:.0f} s. "
                   f"{_progress(paper, args.scale, args.out)}")
         else:
+            provenance.READ.update(seeds=args.seeds, allow_stale=args.allow_stale)
+            if isinstance(report_fn, str):   # "papers.<paper>.figures": imported only to build a report, so a run
+                report_fn = importlib.import_module(report_fn).report   # never loads (nor hashes) the report code
             report_fn(args.results, args.out, args.scale)
     except USER_ERRORS as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # one line, whatever the message holds
+        return 2
+    except OSError as exc:   # a full disk or a read-only folder while writing the record or the report
+        print(_write_error(exc, getattr(args, "out", None)), file=sys.stderr)
         return 2
     return 0

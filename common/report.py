@@ -1,28 +1,7 @@
 """A paper's report: `reports/<paper>/README.md`, `figures/*.png`, `tables/*.csv` and `claims.json`.
 
-Claims come from the paper's experiments.yaml and are checked on the run summaries, paired by seed
-(the same seed means the same partition, initialisation and client sampling in every setting):
-
-    - id: drop99_matches_dense
-      text: 99 % dropping reaches the dense accuracy
-      metric: final_test_acc
-      kind: not_worse          # greater | not_worse | ratio_at_least | gap_greater
-      a: drop99
-      b: dense
-      margin: 0.005            # greater/not_worse: in the metric's units; ratio_at_least: the ratio
-      origin: paper            # paper | check | illustrative
-      # gap_greater only: c, d -- claim (a - b) > (c - d) + margin; greater without b: a itself > margin
-
-`origin` says where a claim comes from: `paper` (the paper states it), `check` (our own control or
-ablation) or `illustrative` (true by construction or set by an assumed constant: shown with its value,
-never judged, never counted).
-
-Verdicts are symmetric in the spread: with d_s the per-seed statistic (difference or ratio) and sd its
-standard deviation over seeds (ddof 1),
-- greater:        reproduced if mean(d) - sd > margin; not reproduced if mean(d) + sd < margin; else inconclusive.
-- gap_greater:    as greater, on d_s = (a - b) - (c - d).
-- not_worse:      reproduced if mean(d) - sd >= -margin; not reproduced if mean(d) + sd < -margin; else inconclusive.
-- ratio_at_least: reproduced if mean(r) - sd >= margin; not reproduced if mean(r) + sd < margin; else inconclusive.
+Claims, their verdicts and the evidence behind each (sources, margins, robustness, convergence) are
+common/claims.py's; this module lays them out with the regime, the paper's numbers and the provenance.
 
 The regime (experiments.yaml `regime:`): for each baseline, our accuracy at this scale against the reference
 it should approach (the paper's verified number, or the mean of a reference setting: the same model trained
@@ -32,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -40,85 +20,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common.experiments import CLAIM_KINDS, ORIGINS
+from common import claims, provenance
+from common.claims import per_seed_values
+from common.files import FILE_MODE, make_dirs
 from common.results import atomic_write_text, git_commit
 
-REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE = "reproduced", "not reproduced", "inconclusive"
-NOT_JUDGED = "shown, not judged (illustrative)"
-NOT_RUN = "not run at this scale"
 REGIME_FLOOR = 0.9
-
-
-def _per_seed(summary: pd.DataFrame, setting: str, metric: str) -> pd.Series:
-    rows = summary[summary["setting"] == setting]
-    if rows.empty:  # a setting this scale does not run: the claim is judged on no seeds
-        return pd.Series(dtype=float)
-    if metric not in rows:
-        raise KeyError(f"metric {metric!r} not in the run summaries; have {', '.join(rows.columns)}")
-    return rows.set_index("seed")[metric].astype(float)
-
-
-def claim_statistic(claim: dict, summary: pd.DataFrame) -> pd.Series:
-    """The per-seed statistic a claim is judged on (difference, gap of differences, or ratio; a `greater`
-    claim without `b` judges the metric of `a` itself against the margin)."""
-    kind = claim["kind"]
-    if kind not in CLAIM_KINDS:
-        raise ValueError(f"claim {claim.get('id')!r}: unknown kind {kind!r}; use one of {CLAIM_KINDS}")
-    get = lambda key: _per_seed(summary, claim[key], claim["metric"])  # noqa: E731
-    if kind == "ratio_at_least":
-        stat = get("a") / get("b")
-    elif kind == "gap_greater":
-        stat = (get("a") - get("b")) - (get("c") - get("d"))
-    else:
-        stat = get("a") - get("b") if "b" in claim else get("a")
-    return stat.dropna()
-
-
-def verdict(kind: str, values: pd.Series | np.ndarray, margin: float = 0.0) -> str:
-    """Reproduced / not reproduced / inconclusive from per-seed values (see the module docstring)."""
-    values = np.asarray(values, dtype=float)
-    if values.size == 0:
-        return INCONCLUSIVE
-    mean = float(values.mean())
-    sd = float(values.std(ddof=1)) if values.size > 1 else 0.0
-    if kind in ("greater", "gap_greater"):
-        low, high, bar, strict = mean - sd, mean + sd, margin, True
-    elif kind == "not_worse":
-        low, high, bar, strict = mean - sd, mean + sd, -margin, False
-    elif kind == "ratio_at_least":
-        low, high, bar, strict = mean - sd, mean + sd, margin, False
-    else:
-        raise ValueError(f"unknown claim kind {kind!r}; use one of {CLAIM_KINDS}")
-    if low > bar or (not strict and low == bar):
-        return REPRODUCED
-    return NOT_REPRODUCED if high < bar else INCONCLUSIVE
-
-
-def check_origin(claim: dict) -> str:
-    origin = claim.get("origin")
-    if origin not in ORIGINS:
-        raise ValueError(f"claim {claim.get('id')!r}: origin {origin!r}; give `origin:` one of {', '.join(ORIGINS)}")
-    return origin
-
-
-def evaluate_claims(claims: list[dict], summary: pd.DataFrame) -> list[dict]:
-    """Each claim with its per-seed statistic, mean, std and verdict (`illustrative` claims get no verdict)."""
-    out = []
-    for claim in claims:
-        origin = check_origin(claim)
-        stat = claim_statistic(claim, summary)
-        margin = float(claim.get("margin", 0.0))
-        if not len(stat):
-            judged = NOT_RUN
-        elif origin == "illustrative":
-            judged = NOT_JUDGED
-        else:
-            judged = verdict(claim["kind"], stat, margin)
-        out.append({**claim, "verdict": judged,
-                    "mean": float(stat.mean()) if len(stat) else None,
-                    "std": float(stat.std(ddof=1)) if len(stat) > 1 else 0.0,
-                    "n_seeds": int(len(stat)), "per_seed": {int(k): float(v) for k, v in stat.items()}})
-    return out
 
 
 def mean_std(values, scale: float = 1.0, digits: int = 2) -> str:
@@ -180,17 +87,49 @@ def summary_rows(records, columns) -> pd.DataFrame:
 
 
 def load_results(paper: str, results: Path, scale: str):
-    """(experiments spec, run records, per-step frame, per-run frame) of a paper's results folder, keeping
-    only the settings the scale runs now (a setting since removed from experiments.yaml may linger there)."""
+    """(experiments spec, run records, per-step frame, per-run frame) of a paper's results folder: exactly the
+    runs the scale configures (its settings, with `provenance.READ["seeds"]` when the workflow overrides the
+    seeds), each made with the setting as it resolves now. A record whose code files differ from the tree is
+    refused, naming the runs and the files, unless `provenance.READ["allow_stale"]` (a draft)."""
     from common import experiments
     from common.results import history_frame, load_records, summary_frame
 
-    current = set(experiments.settings(paper, scale))
-    records = [r for r in load_records(Path(results).glob("*/seed*.json")) if r.setting in current]
+    claims.check(paper)
+    wanted = set(experiments.run_ids(paper, scale, provenance.READ["seeds"]))
+    records = [r for r in load_records(Path(results).glob("*/seed*.json"))
+               if f"{r.setting}/seed{r.seed}" in wanted and _same_setting(r, paper, scale)]
     if not records:
-        raise experiments.ConfigError(f"no run records under {results}: run the workflow first "
-                                      f"(snakemake reports/{paper})")
+        raise experiments.ConfigError(f"no run records of the current settings under {results}: run the workflow "
+                                      f"first (snakemake reports/{paper})")
+    stale = stale_runs(records)
+    if stale and not provenance.READ["allow_stale"]:
+        shown = "; ".join(f"{s['run']} ({', '.join(s['files'][:3])}{', ...' if len(s['files']) > 3 else ''})"
+                          for s in stale[:5])
+        raise experiments.ConfigError(
+            f"{len(stale)} of {len(records)} run records of {paper} were made by other code than the tree's: {shown}"
+            f"{' ...' if len(stale) > 5 else ''}; rerun them (snakemake reports/{paper} reruns exactly these), or "
+            "build a draft from them with --allow-stale (workflow: --config allow_stale=true)")
     return experiments.experiments(paper), records, history_frame(records), summary_frame(records)
+
+
+def _same_setting(record, paper: str, scale: str) -> bool:
+    """Was the record made with the setting as experiments.yaml resolves it now (no --set, no older values)?"""
+    from common import experiments
+
+    if record.overrides is None:   # made before records kept their overrides: the code check decides
+        return True
+    return json.dumps(record.overrides, sort_keys=True, default=str) == \
+        json.dumps(experiments.resolve(paper, scale, record.setting), sort_keys=True, default=str)
+
+
+def stale_runs(records) -> list[dict]:
+    """[{run, files}] for each record whose code files differ from the tree (common/provenance.py)."""
+    out = []
+    for r in records:
+        files = provenance.changed_files(r.code_files)
+        if files:
+            out.append({"run": f"{r.setting}/seed{r.seed}", "files": files})
+    return out
 
 
 def reproduce_command(paper: str, scale: str) -> str:
@@ -205,7 +144,7 @@ def regime_table(entries: list[dict], summary: pd.DataFrame) -> pd.DataFrame:
     seeds; ratio = ours / reference). Each entry of experiments.yaml's `regime`: {baseline, setting, metric,
     reference (a number) or reference_setting (a setting whose mean is the reference), reference_source}."""
     def mean_of(setting, metric):
-        values = _per_seed(summary, setting, metric)
+        values = per_seed_values(summary, setting, metric)
         return float(values.mean()) if len(values) else float("nan")
 
     rows = []
@@ -215,6 +154,11 @@ def regime_table(entries: list[dict], summary: pd.DataFrame) -> pd.DataFrame:
         rows.append({"baseline": e["baseline"], "setting": e["setting"], "ours": ours, "reference": ref,
                      "reference_source": e["reference_source"], "ratio": ours / ref if ref else float("nan")})
     return pd.DataFrame(rows, columns=["baseline", "setting", "ours", "reference", "reference_source", "ratio"])
+
+
+def _sentence(text) -> str:
+    text = " ".join(str(text).split())
+    return text if text.endswith((".", "!", "?")) else text + "."
 
 
 def _pct(value: float) -> str:
@@ -237,16 +181,16 @@ class Report:
     citation: str
     scale: str
     paper: str
-    run_commits: list[str] = field(default_factory=list)
+    records: list = field(default_factory=list)   # the run records it reads (common.results.RunRecord)
     parts: list[str] = field(default_factory=list)
     claims: list[dict] = field(default_factory=list)
-    regime_best: float | None = None
+    regime_best: float | None = None   # the lowest ratio of the baselines the claims read (the gate)
     captions: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.out = Path(self.out)
-        (self.out / "figures").mkdir(parents=True, exist_ok=True)
-        (self.out / "tables").mkdir(parents=True, exist_ok=True)
+        make_dirs(self.out / "figures")
+        make_dirs(self.out / "tables")
 
     def text(self, markdown: str) -> None:
         self.parts.append(markdown.strip() + "\n")
@@ -263,6 +207,7 @@ class Report:
         path = self.out / "figures" / f"{name}.png"
         tmp = path.with_name(f".{path.name}.tmp.png")
         fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.chmod(tmp, FILE_MODE)
         tmp.replace(path)
         import matplotlib.pyplot as plt
 
@@ -272,82 +217,177 @@ class Report:
 
     def paper_and_claims(self, spec: dict, summary: pd.DataFrame, caption: str, note: str = "") -> None:
         """The sections every paper report opens with: the regime check (experiments.yaml's `regime`), the
-        paper's numbers beside ours (`reported`), then the claims with their verdicts."""
+        paper's numbers beside ours (`reported`), then the claims with their verdicts and evidence."""
         self.regime(spec, summary)
         self.section("The paper's numbers beside ours")
         if note:
             self.text(note)
         self.table("paper_vs_ours", paper_vs_ours(spec["reported"], summary), caption)
         self.section("Claims")
-        self.add_claims(spec["claims"], summary)
+        self.add_claims(spec["claims"], summary, spec)
 
     def regime(self, spec: dict, summary: pd.DataFrame) -> None:
-        """Section "Is this the paper's regime?" and tables/regime.csv (see `regime_table`); remembers the best
-        ratio so that `write()` warns at the top when it is under REGIME_FLOOR."""
+        """Section "Is this the paper's regime?" and tables/regime.csv (see `regime_table`); remembers the lowest
+        ratio (every row is a baseline the paper's claims read) so that `write()` warns when it is under
+        REGIME_FLOOR."""
         table = regime_table(spec.get("regime", []), summary)
-        self.regime_best = float(table["ratio"].max()) if len(table) and table["ratio"].notna().any() else None
+        self.regime_best = float(table["ratio"].min()) if len(table) and table["ratio"].notna().any() else None
         self.section("Is this the paper's regime?")
-        best = "no baseline was measured" if self.regime_best is None else f"best ratio {self.regime_best:.2f}"
-        self.text(f"Each baseline's accuracy at this scale against the reference it should approach (the paper's "
-                  f"verified number, or the same model trained centrally to convergence by this workflow). A claim "
-                  f"about how methods differ near convergence needs the strongest baseline at ratio ≥ "
-                  f"{REGIME_FLOOR:g}: here {best}.")
+        low = "no baseline was measured" if self.regime_best is None else f"lowest ratio {self.regime_best:.2f}"
+        self.text(f"Each baseline that the paper's claims read, at this scale, against the reference it should "
+                  f"approach (the paper's verified number, or the same model trained to convergence by this "
+                  f"workflow: `reference_source` says which). The claims test the paper near convergence only if "
+                  f"every such baseline reaches ratio ≥ {REGIME_FLOOR:g}: here {low}.")
         shown = table.assign(ours=table["ours"].map(_pct), reference=table["reference"].map(_pct),
                              ratio=table["ratio"].map(lambda r: "n/a" if pd.isna(r) else f"{r:.3f}"))
         atomic_write_text(self.out / "tables" / "regime.csv",
                           table.to_csv(index=False, float_format="%.4f", na_rep="not run"))
+        self.captions["regime"] = ("Regime: each baseline the claims read against its reference "
+                                   "(ratio = ours / reference)")
         self.parts.append(f"**Regime: baselines against their references** (`tables/regime.csv`)\n\n"
                           f"{markdown_table(shown)}\n")
 
-    def add_claims(self, claims: list[dict], summary: pd.DataFrame) -> None:
-        """Evaluate the claims and add their table (origin, the per-seed statistic, its mean ± std, the verdict).
+    def add_claims(self, claims_: list[dict], summary: pd.DataFrame, spec: dict | None = None) -> None:
+        """Evaluate the claims (common.claims: verdict, robustness, convergence) and add their tables: the claims
+        with their evidence, the convergence of every setting they read, and what the rule means at this number
+        of seeds. A claim's optional `scale` and `unit` only change how its statistic is shown (e.g. 100, " pt")."""
+        from common.results import history_frame
 
-        A claim's optional `scale` and `unit` only change how its statistic is shown (e.g. 100, " pt")."""
-        self.claims = evaluate_claims(claims, summary)
-        rows = []
-        for c in self.claims:
-            stat = {"ratio_at_least": "ratio a/b", "gap_greater": "(a−b)−(c−d)"}.get(
-                c["kind"], "a − b" if "b" in c else "a")
-            unit = c.get("unit", "x" if c["kind"] == "ratio_at_least" else "")
-            value = mean_std(list(c["per_seed"].values()), c.get("scale", 1.0)) + unit if c["n_seeds"] else "n/a"
-            settings = ", ".join(str(c[k]) for k in ("a", "b", "c", "d") if k in c)
-            rows.append(f"| {c['text']} | {c['origin']} | **{c['verdict']}** | {stat} of {c['metric']} | "
-                        f"{settings} | {value} | {c['kind']} {_margin(c)} | {c['n_seeds']} |")
-        counts = Counter(c["verdict"] for c in self.claims if c["origin"] == "paper")
-        tally = ", ".join(f"{n} {v}" for v, n in counts.most_common()) or "none"
+        spec = spec or {}
+        hist = history_frame(self.records)
+        self.claims = claims.evaluate(claims_, summary, hist, spec.get("resolution"))
+        rows = [self._claim_row(c) for c in self.claims]
+        paper = [c for c in self.claims if c["origin"] == "paper"]
+        def tally(cs):
+            return ", ".join(f"{n} {v}" for v, n in Counter(c["verdict"] for c in cs).most_common()) or "none"
+
+        recalled = [c for c in paper if c["recalled"]]
         self.parts.append(
-            f"Paper claims: {tally}. Checks (our controls and ablations) and illustrative rows (true by "
-            "construction or set by an assumed constant: shown, not judged) are not counted.\n\n"
-            "| claim | origin | verdict | statistic | settings (a, b, …) | ours (mean ± std over seeds) | rule | seeds |\n"
-            "|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
+            f"Paper claims with a verified source: {tally([c for c in paper if not c['recalled']])}; recalled, "
+            f"unverified (`[mem]`): {tally(recalled)}. Checks (our controls, ablations and the members of a family "
+            "the paper claims over) and illustrative rows (true by construction or set by an assumed constant: "
+            "shown, not judged) are not counted.\n\n"
+            "| claim | origin | verdict | statistic | settings | ours (mean ± std over seeds) | rule | seeds | "
+            "under other summaries | source |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows)
             + "\n\nVerdict rules, symmetric in the spread (per-seed paired statistic d, its seed std sd, ddof 1): "
             "*greater*: reproduced if mean(d) − sd > margin, not reproduced if mean(d) + sd < margin, else "
             "inconclusive; *not_worse*: reproduced if mean(d) − sd ≥ −margin, not reproduced if mean(d) + sd < "
-            "−margin; *ratio_at_least*: reproduced if mean − sd ≥ margin, not reproduced if mean + sd < margin.\n")
+            "−margin; *ratio_at_least*: reproduced if mean − sd ≥ margin, not reproduced if mean + sd < margin. "
+            "A family claim is judged on the per-seed mean over its members. **Under budget**: a setting the claim "
+            "reads still rises over the last quarter of its evaluations by more than the curve's resolution, or a "
+            "run never reached a target; the claim is then inconclusive whatever its statistic. **Metric-sensitive**: "
+            "the verdict differs under another standard summary of the same runs (final, best, mean of the last "
+            "quarter, each member).\n")
+        self._margins()
+        self._seeds()
+        table = claims.convergence_table(self.claims, hist, spec)
+        atomic_write_text(self.out / "tables" / "convergence.csv", table.to_csv(index=False, float_format="%.4g"))
+        self.captions["convergence"] = ("Convergence of every setting a judged claim reads: the last-quarter gain "
+                                        "of its curve against the curve's resolution")
+        self.section("Have the claims' settings converged?", "Every setting a judged claim reads: the change of "
+                     "its curve over the last quarter of its evaluations (least-squares, mean over seeds, in the "
+                     "improving direction) against the smallest change the measurement resolves (`resolution` in "
+                     "experiments.yaml), and its final value over a longer run's where one exists.")
+        self.parts.append(f"**Convergence** (`tables/convergence.csv`)\n\n{markdown_table(table)}\n")
+
+    def _claim_row(self, c: dict) -> str:
+        stat = {"ratio_at_least": "ratio a/b", "gap_greater": "(a−b)−(c−d)"}.get(
+            c["kind"], "a − b" if ("b" in c or c.get("members")) else "a")
+        unit = c.get("unit", "x" if c["kind"] == "ratio_at_least" else "")
+        value = mean_std(list(c["per_seed"].values()), c.get("scale", 1.0)) + unit if c["n_seeds"] else "n/a"
+        settings = "; ".join(f"{m['label']}: " * bool(m["label"]) + ", ".join(m[k] for k in "abcd" if k in m)
+                             for m in claims.members(c))
+        origin = "paper (recalled, unverified)" if c["recalled"] else c["origin"]
+        flags = [f for f, on in (("under budget: " + c.get("budget_note", ""), c.get("under_budget")),
+                                 ("metric-sensitive", c.get("metric_sensitive")),
+                                 (f"needs {c.get('needs_seeds')} seeds", c.get("needs_seeds"))) if on]
+        verdict_ = f"**{c['verdict']}**" + (f" ({'; '.join(flags)})" if flags else "")
+        panel = ", ".join(f"{k}: {v}" for k, v in (c.get("robustness") or {}).items()) or "-"
+        src = c.get("source") or {}
+        source = f"{src.get('where', '')} {src.get('tag', '')}".strip() or "-"
+        return (f"| {c['text']} | {origin} | {verdict_} | {stat} of {claims.metric_of(c)} | {settings} | {value} | "
+                f"{c['kind']} {_margin(c)} | {c['n_seeds']} | {panel} | {source} |")
+
+    def _margins(self) -> None:
+        """Where each judged claim's source, summary and margin come from (the claims table names only where)."""
+        lines = []
+        for c in self.claims:
+            if c["origin"] == "illustrative":
+                continue
+            src = c.get("source") or {}
+            said = f"{src.get('where')} {src.get('tag')}: {_sentence(src.get('says'))} " if src else ""
+            summary = f"Summary: {_sentence(c['summary_source'])} " if c.get("summary_source") else ""
+            target = f"Target: {_sentence(c['target']['source'])} " if c.get("target") else ""
+            lines.append(f"- `{c['id']}` ({c['origin']}): {said}{summary}{target}Margin: "
+                         f"{_sentence(c.get('margin_source'))}")
+        if lines:
+            self.section("Where each claim, summary and margin comes from", "\n".join(lines))
+
+    def _seeds(self) -> None:
+        """What the symmetric rule means at the seeds this report has."""
+        counts = sorted({c["n_seeds"] for c in self.claims if c.get("robustness") is not None and c["n_seeds"] > 1})
+        if not counts:
+            return
+        rates = ", ".join(f"with {n} seeds {100 * claims.false_positive_rate(n):.0f} %" for n in counts)
+        close = [c["id"] for c in self.claims if c.get("needs_seeds")]
+        self.section("What the rule means at this number of seeds", (
+            f"A claim with no effect at all (normal noise) passes mean − sd > 0 by chance {rates} of the time "
+            f"(P(t with n − 1 degrees of freedom > √n)); with 5 seeds about 4 %. Paper claims whose mean lies "
+            f"within "
+            f"two sds of their margin need 5 seeds: {', '.join(f'`{c}`' for c in close) or 'none'}."))
+
+    def provenance(self) -> dict:
+        """What made this report: the command, the commit, one hash of the code its runs loaded (as the tree has it
+        now), the runs read and those made by other code (refused unless --allow-stale built a draft)."""
+        stale = stale_runs(self.records)
+        if stale and not provenance.READ["allow_stale"]:
+            from common.experiments import ConfigError
+
+            raise ConfigError(f"{len(stale)} run records of {self.paper} were made by other code than the tree's "
+                              f"({stale[0]['run']}: {', '.join(stale[0]['files'][:3])}): rerun them, or build a "
+                              "draft with --allow-stale")
+        return {"paper": self.paper, "scale": self.scale, "command": reproduce_command(self.paper, self.scale),
+                "report_commit": git_commit(), "code_hash": provenance.code_hash([r.code_files for r in self.records]),
+                "n_runs": len(self.records), "seeds": sorted({r.seed for r in self.records}),
+                "stale_runs": stale, "draft_from_stale_records": bool(stale)}
 
     def write(self) -> None:
-        commit = git_commit()
-        runs = ", ".join(sorted(set(self.run_commits))) or "n/a"
+        prov = self.provenance()
         header = (
             f"# {self.title}\n\n> {self.citation}\n\n"
             f"| | |\n|---|---|\n| scale | `{self.scale}` |\n"
-            f"| command | `{reproduce_command(self.paper, self.scale)}` |\n"
-            f"| report commit | `{commit}` |\n| run commits | `{runs}` |\n"
+            f"| command | `{prov['command']}` |\n"
+            f"| report commit | `{prov['report_commit']}` |\n"
+            f"| code | `{prov['code_hash']}`: the files its {prov['n_runs']} runs loaded, as in this tree "
+            f"(`provenance.json`; {len(prov['stale_runs'])} runs made by other code) |\n"
             f"| generated | {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} |\n")
+        if prov["stale_runs"]:
+            header += (f"\n> [!WARNING]\n> **Draft from stale records**: {len(prov['stale_runs'])} of "
+                       f"{prov['n_runs']} runs were made by other code than this tree's (`provenance.json` names "
+                       "them and the files); their numbers may not be what this code gives.\n")
         if self.regime_best is None or self.regime_best < REGIME_FLOOR:
-            best = "no baseline measured" if self.regime_best is None else f"best ratio {self.regime_best:.2f}"
-            header += (f"\n> [!CAUTION]\n> **Not the paper's regime** ({best} < {REGIME_FLOOR:g}): the strongest "
-                       f"baseline is far from its reference, so the verdicts below do not test the paper's claims "
+            low = "no baseline measured" if self.regime_best is None else f"lowest ratio {self.regime_best:.2f}"
+            header += (f"\n> [!CAUTION]\n> **Not the paper's regime** ({low} < {REGIME_FLOOR:g}): a baseline the "
+                       f"claims read is far from its reference, so the verdicts below do not test the paper's claims "
                        f"near convergence. See \"Is this the paper's regime?\".\n")
         atomic_write_text(self.out / "README.md", header + "\n" + "\n".join(self.parts))
+        atomic_write_text(self.out / "provenance.json", json.dumps(prov, indent=1) + "\n")
+        keys = ("id", "text", "origin", "kind", "metric", "target", "a", "b", "c", "d", "members", "margin",
+                "margin_source", "source", "summary_source", "recalled", "verdict", "rule_verdict", "mean", "std",
+                "n_seeds", "per_seed", "robustness", "metric_sensitive", "under_budget", "budget_note", "needs_seeds")
         atomic_write_text(self.out / "claims.json", json.dumps(
-            [{k: c.get(k) for k in ("id", "text", "origin", "kind", "metric", "a", "b", "c", "d", "margin",
-                                    "verdict", "mean", "std", "n_seeds", "per_seed") if k in c}
-             for c in self.claims], indent=1) + "\n")
+            [{k: c.get(k) for k in keys if k in c} for c in self.claims], indent=1) + "\n")
         # Snakemake's HTML report shows each figure and table with its own caption (workflow/report/figure.rst),
-        # the claims among the tables
-        claims = pd.DataFrame([{k: c.get(k) for k in ("id", "text", "origin", "verdict", "mean", "std", "margin",
-                                                       "n_seeds")} for c in self.claims])
-        atomic_write_text(self.out / "tables" / "claims.csv", claims.to_csv(index=False, float_format="%.6g"))
-        self.captions["claims"] = "Every claim with its origin and verdict (mean and std of its per-seed statistic)"
+        # the claims among the tables, in the units of the text (a claim's `scale` and `unit`)
+        shown = pd.DataFrame([{"id": c["id"], "text": c["text"], "origin": c["origin"], "verdict": c["verdict"],
+                               "mean": None if c.get("mean") is None else c["mean"] * c.get("scale", 1.0),
+                               "std": c.get("std", 0.0) * c.get("scale", 1.0),
+                               "margin": float(c.get("margin", 0.0)) * (1 if c["kind"] == "ratio_at_least"
+                                                                         else c.get("scale", 1.0)),
+                               "unit": c.get("unit", "x" if c["kind"] == "ratio_at_least" else "").strip(),
+                               "n_seeds": c["n_seeds"], "under_budget": c.get("under_budget"),
+                               "metric_sensitive": c.get("metric_sensitive")} for c in self.claims])
+        atomic_write_text(self.out / "tables" / "claims.csv", shown.to_csv(index=False, float_format="%.6g"))
+        self.captions["claims"] = ("Every claim with its origin and verdict (mean and std of its per-seed statistic, "
+                                   "in the unit shown)")
         atomic_write_text(self.out / "captions.json", json.dumps(self.captions, indent=1) + "\n")

@@ -1,9 +1,9 @@
 """`python -m common.reproduce BUILT PUBLISHED`: does a freshly built report give the published numbers?
 
 Compares every table (tables/*.csv) cell by cell and every claim of claims.json (verdict, mean, std, per-seed
-values), ignoring what legitimately changes (the header's commit and date, figure bytes). Runs are
-deterministic on a CPU, so a difference is news: it prints the files and values that moved. Exit 0 either way
-(a moved number is a finding, not a failure); the first line says which.
+values, robustness panel, under budget), ignoring what legitimately changes (the header's commit and date, figure
+bytes). Runs are deterministic on a CPU, so a difference is news: it prints the files and values that moved.
+Exit 0 either way (a moved number is a finding, not a failure); the first line says which.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def differences(built: Path, published: Path, limit: int = 20) -> list[str]:
         if cid not in new or cid not in old:
             out.append(f"claim {cid}: only in the {'new build' if cid in new else 'published report'}")
             continue
-        for key in ("verdict", "origin", "mean", "std", "per_seed"):
+        for key in ("verdict", "origin", "mean", "std", "per_seed", "robustness", "under_budget"):
             if new[cid].get(key) != old[cid].get(key):
                 out.append(f"claim {cid} {key}: {old[cid].get(key)!r} published, {new[cid].get(key)!r} now")
     return out[:limit] + ([f"... and {len(out) - limit} more"] if len(out) > limit else [])

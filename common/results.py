@@ -5,7 +5,10 @@ metrics, a summary of scalars, the wall time and the bytes communicated:
 
     {"paper": ..., "setting": ..., "seed": 0, "scale": "quick", "commit": "...", "config": {...},
      "history": [{"step": 10, "test_acc": 0.91, ...}, ...], "summary": {"final_test_acc": ...},
-     "wall_time_s": ..., "bytes_sent": ..., "device": {"device": "cuda:0", "gpu": ..., ...}, "created": "2026-..."}
+     "wall_time_s": ..., "bytes_sent": ..., "device": {"device": "cuda:0", "gpu": ..., ...}, "created": "2026-...",
+     "overrides": {...}, "code_files": {"common/fl/engine.py": "<sha256>", ...}}
+
+`overrides` and `code_files` say which setting and which code made the numbers (common/provenance.py).
 """
 from __future__ import annotations
 
@@ -23,6 +26,8 @@ import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
+
+from common.files import FILE_MODE, check_regular_or_new, make_dirs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -50,14 +55,17 @@ def git_commit() -> str:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write to a temporary file in the same folder, then rename: readers never see half a file. The file is
-    0644 (readable by a group sharing a cluster disk; mkstemp alone would leave it 0600)."""
+    0644 and the folders it creates 0755 whatever the umask (readable by a group sharing a cluster disk). A path
+    that exists and is not a regular file (a device such as /dev/full, a folder, a link) is refused: the rename
+    would replace it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_regular_or_new(path)
+    make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -92,6 +100,9 @@ class RunRecord:
     commit: str = field(default_factory=git_commit)
     threads: int = field(default_factory=torch.get_num_threads)
     device: dict = field(default_factory=dict)    # common.device.prepare: the device, GPU, versions, determinism
+    overrides: dict | None = None   # the setting as resolved from experiments.yaml (plus any --set) when it ran
+    code_files: dict = field(default_factory=dict)   # common.provenance.loaded_files: what code made it
+    trigger: str | None = None   # the code trigger Snakemake started it with (common.workflow.run_code)
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
 
     def log(self, **metrics) -> None:

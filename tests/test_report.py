@@ -1,8 +1,12 @@
+import json
+
 import pandas as pd
 import pytest
 
-from common.report import (INCONCLUSIVE, summary_rows, NOT_JUDGED, NOT_REPRODUCED, REPRODUCED, Report, evaluate_claims,
-                           load_results, mean_std, paper_vs_ours, regime_table, verdict)
+from common.claims import INCONCLUSIVE, NOT_JUDGED, NOT_REPRODUCED, REPRODUCED, verdict
+from common.claims import evaluate as evaluate_claims
+from common.report import Report, load_results, mean_std, paper_vs_ours, regime_table, summary_rows
+from common import provenance
 from common.results import RunRecord
 
 
@@ -77,8 +81,8 @@ def test_greater_claim_without_b_judges_a_itself_against_the_margin():
 
 def test_load_results_keeps_only_the_scales_current_settings(tmp_path):
     for setting in ("dense", "a_setting_since_removed"):
-        RunRecord("gradient_dropping", setting, 0, "smoke", {}, summary={"final_test_acc": 0.5}).save(
-            tmp_path / setting / "seed0.json")
+        RunRecord("gradient_dropping", setting, 0, "smoke", {}, summary={"final_test_acc": 0.5},
+                  code_files=provenance.loaded_files()).save(tmp_path / setting / "seed0.json")
     _, records, _, summary = load_results("gradient_dropping", tmp_path, "smoke")
     assert [r.setting for r in records] == ["dense"] and set(summary["setting"]) == {"dense"}
 
@@ -142,15 +146,23 @@ def test_a_regime_row_whose_setting_did_not_run_says_so_in_the_csv(tmp_path):
     assert rows[2].startswith("Z,zz,not run,0.9000,t,not run") and report.regime_best == pytest.approx(0.85 / 0.9)
 
 
-def test_the_index_reads_the_best_measured_regime_ratio(tmp_path):
-    from common.index import _regime
+def test_the_index_reads_the_lowest_measured_regime_ratio_and_counts_recalled_claims_apart(tmp_path):
+    from common.index import _regime, build
 
-    report = Report(tmp_path, "T", "cite", "smoke", "toy")
+    report = Report(tmp_path / "toy", "T", "cite", "smoke", "toy")
     report.regime({"regime": [{"baseline": "A", "setting": "a", "metric": "acc", "reference": 0.9,
+                               "reference_source": "t"},
+                              {"baseline": "C", "setting": "c", "metric": "acc", "reference": 0.7,
                                "reference_source": "t"},
                               {"baseline": "Z", "setting": "zz", "metric": "acc", "reference": 0.9,
                                "reference_source": "t"}]}, _summary())
-    assert _regime(tmp_path) == f"{0.85 / 0.9:.2f}"
+    assert _regime(tmp_path / "toy") == f"{0.6 / 0.7:.2f}"      # the gate: the lowest measured ratio
+    (tmp_path / "toy" / "README.md").write_text("| scale | `smoke` |")
+    (tmp_path / "toy" / "claims.json").write_text(json.dumps([
+        {"id": "v", "text": "v", "origin": "paper", "verdict": "reproduced", "recalled": False},
+        {"id": "m", "text": "m", "origin": "paper", "verdict": "inconclusive", "recalled": True}]))
+    row = next(line for line in build(tmp_path).splitlines() if line.startswith("| [toy]"))
+    assert "| 1 reproduced | 1 inconclusive |" in row and row.endswith("built before the evidence standards |")
 
 
 def test_summary_rows_keep_scalars_and_the_papers_columns():

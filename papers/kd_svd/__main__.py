@@ -95,6 +95,40 @@ def teacher_main(argv: list[str]) -> int:
     except cli.USER_ERRORS as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
+    except OSError as exc:   # a full disk or a read-only folder while writing the teacher
+        print(cli._write_error(exc, args.out), file=sys.stderr)
+        return 2
+    return 0
+
+
+TEACHER_HELP = ("the teacher's weights, a .pt file written by `python -m papers.kd_svd teacher` (default: "
+                "<out>/../../teacher/seed<seed>.pt, where the workflow caches it)")
+
+
+def check_teacher_file(path: Path | None) -> None:
+    """A --teacher file that exists must be a teacher written by `teacher` (torch's own error for anything else
+    advises loading it with weights_only=False, i.e. running code from an untrusted file)."""
+    if path is None or not Path(path).is_file():
+        return   # a missing teacher: method.load_teacher names the command that trains it
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:   # pickle, zip or torch errors: whatever the damage, the fix is the same
+        blob = None
+    if not (isinstance(blob, dict) and {"config", "state_dict"} <= set(blob)):
+        raise experiments.ConfigError(f"--teacher {path} is not a teacher written by `python -m papers.{PAPER_ID} "
+                                      "teacher` (damaged, or another file): train it again with that command or "
+                                      "give the right path")
+
+
+def run_help(argv: list[str]) -> int:
+    """`run -h`: common.cli's help, then the option this paper adds (--teacher)."""
+    extra = argparse.ArgumentParser(prog=f"python -m papers.{PAPER_ID} run", add_help=False)
+    extra.add_argument_group("KD-SVD").add_argument("--teacher", type=Path, metavar="PATH", help=TEACHER_HELP)
+    try:
+        cli.main(PAPER_ID, KDConfig, train, report, argv)
+    except SystemExit:
+        print("\n" + extra.format_help().split("\n", 2)[-1].rstrip())
+        raise
     return 0
 
 
@@ -103,15 +137,22 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["teacher"]:
         return teacher_main(argv[1:])
     run_fn = train
+    if argv[:1] == ["run"] and {"-h", "--help"} & set(argv):
+        return run_help(argv)
     if argv[:1] == ["run"]:
         pre = argparse.ArgumentParser(add_help=False)
-        pre.add_argument("--teacher", type=Path)
+        pre.add_argument("--teacher", type=Path, help=TEACHER_HELP)
         known, argv = pre.parse_known_args(argv)
         where = argparse.ArgumentParser(add_help=False)
         where.add_argument("--out", type=Path)
         where.add_argument("--seed", type=int, default=0)
         out = where.parse_known_args(argv[1:])[0]
         path = known.teacher or (default_teacher_path(out.out, out.seed) if out.out else None)
+        try:
+            check_teacher_file(path)
+        except experiments.ConfigError as exc:
+            print("error: " + " ".join(str(exc).split()), file=sys.stderr)
+            return 2
         run_fn = functools.partial(train, teacher_path=path)
     return cli.main(PAPER_ID, KDConfig, run_fn, report, argv, check_more=check_teacher)
 

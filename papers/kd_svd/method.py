@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import models
+from common import models, provenance
 from common.experiments import ConfigError, build_config
 from common.models import BasicBlock, register_model
 from common.results import RunRecord
@@ -192,6 +192,7 @@ def save_teacher(path: Path, model: nn.Module, cfg: TeacherConfig, test_logits: 
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    provenance.stamp(record)
     record.save(teacher_record_path(path))
 
 

@@ -3,11 +3,10 @@ import sys
 
 from common.cli import main
 from papers.perfedavg.config import PerFedAvgConfig
-from papers.perfedavg.figures import PAPER_ID, report
 from papers.perfedavg.method import train
 
 # what common.cli.main runs (benchmarks/paper_scale.py reads it too)
-ENTRY = (PAPER_ID, PerFedAvgConfig, train, report)
+ENTRY = ("perfedavg", PerFedAvgConfig, train, "papers.perfedavg.figures")
 
 if __name__ == "__main__":
     sys.exit(main(*ENTRY))

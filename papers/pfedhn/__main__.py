@@ -3,11 +3,10 @@ import sys
 
 from common.cli import main
 from papers.pfedhn.config import PFedHNConfig
-from papers.pfedhn.figures import PAPER_ID, report
 from papers.pfedhn.method import train
 
 # what common.cli.main runs (benchmarks/paper_scale.py reads it too)
-ENTRY = (PAPER_ID, PFedHNConfig, train, report)
+ENTRY = ("pfedhn", PFedHNConfig, train, "papers.pfedhn.figures")
 
 if __name__ == "__main__":
     sys.exit(main(*ENTRY))
