@@ -14,11 +14,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -r $(VENV)/requirements.txt
 	touch $(STAMP)
 
-# quick: reports/<paper> (committed); smoke/paper: reports/<scale>/<paper>. A lock left by a killed run is
-# removed first when no Snakemake is running here, so the same command resumes.
+# quick: reports/<paper> (committed); smoke/paper: reports/<scale>/<paper>; SEEDS=0,1 (every seed list of the
+# scale replaced): reports/<scale>-seeds-0-1/<paper>. A lock left by a killed run is removed first when no
+# Snakemake is running here, so the same command resumes.
+comma := ,
+BUILD = $(SCALE)$(if $(SEEDS),-seeds-$(subst $(comma),-,$(SEEDS)))
 reports/%: FORCE $(STAMP)
 	@$(PY) -m common.workflow unlock-if-stale .
-	$(VENV)/bin/snakemake $(if $(filter quick,$(SCALE)),reports/$*,reports/$(SCALE)/$*) --config scale=$(SCALE)
+	$(VENV)/bin/snakemake $(if $(filter quick,$(BUILD)),reports/$*,reports/$(BUILD)/$*) --config scale=$(SCALE) \
+		$(if $(SEEDS),seeds=[$(SEEDS)])
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -3,8 +3,9 @@
 A data set is loaded from the *data root* (see `data_root`), verified (file sha256 and sample
 counts), decoded into a cache of plain arrays (`.cache/data/*.npz`, never into the data root) and
 from then on read in milliseconds. The cache is keyed by the data root and the files' checksums, and
-the source files are verified on every load (re-hashed only when their size or mtime changed), so a
-moved root or a damaged file is noticed even with a warm cache. Images are `uint8 [N, C, H, W]`, labels `int64 [N]`;
+the source files are verified by content on every load (a full sha256 of each file, whatever its size and
+mtime), so a moved root or a damaged file is noticed even with a warm cache. Images are `uint8 [N, C, H, W]`,
+labels `int64 [N]`;
 `Dataset.normalize` turns a batch of them into floats on the fly, so no per-sample Python runs
 in a training loop.
 
@@ -273,21 +274,10 @@ def _save_cache(path: Path, x: np.ndarray, y: np.ndarray) -> None:
 
 
 def verified_sha256(path: Path) -> str:
-    """sha256 of a source file, remembered in the cache by (path, size, mtime) so an unchanged file is hashed
-    once; any change of content changes its size or mtime and is hashed again."""
-    import json
-
-    memo_path = cache_dir() / "verified.json"
-    memo = json.loads(memo_path.read_text()) if memo_path.exists() else {}
-    st = path.stat()
-    stamp = [st.st_size, st.st_mtime_ns]
-    key = str(path.resolve())
-    if memo.get(key, [None])[:2] != stamp:
-        memo[key] = stamp + [sha256(path)]
-        tmp = memo_path.with_name(f"{memo_path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(memo))
-        os.replace(tmp, memo_path)
-    return memo[key][2]
+    """sha256 of a source file, computed in full on every call: the data are verified by content on every load
+    (a flipped byte is caught even when the file's size and mtime were kept). Measured: 0.15 s for CIFAR-10's
+    99 MB, under 0.06 s for each other data set (the README's Data paragraph)."""
+    return sha256(path)
 
 
 def verify(name: str) -> str:

@@ -13,6 +13,11 @@
     claims: [...]                # comparisons over the results, each with its origin (see common/report.py)
 
 A run is (scale, setting, seed); its record lives at results/<scale>/<paper>/<setting>/seed<k>.json.
+
+Checked on every load, so before any job (the workflow's pre-run check loads every requested paper's file): every
+key at every level against workflow/schemas/experiments.schema.yaml (a misspelt `setings:` is named with the allowed
+keys), the claims (here and common/claims.py), and every claim, regime and `reported:` metric against the summary
+metrics the paper declares (`SUMMARY_METRICS` in papers/<paper>/__init__.py).
 """
 from __future__ import annotations
 
@@ -46,8 +51,86 @@ def experiments(paper: str) -> dict:
     for key in ("scales", "settings"):
         if key not in spec:
             raise ConfigError(f"{path}: missing top-level key {key!r}")
+    _check_schema(path, spec)
     _check_claims(path, spec)
+    _check_metrics(path, spec, paper)
     return spec
+
+
+SCHEMA = REPO / "workflow" / "schemas" / "experiments.schema.yaml"
+_VALID: set[str] = set()   # digests of the specs that passed the schema in this process
+
+
+def _name(path: Path) -> Path:
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
+def _where(spec: dict, error_path) -> str:
+    """`scales.smoke`, `claims[3] (id 'x')`: where in the file a schema error is."""
+    parts, node = [], spec
+    for key in error_path:
+        parts.append(f"[{key}]" if isinstance(key, int) else ("." if parts else "") + str(key))
+        node = node[key] if isinstance(node, (dict, list)) else None
+        if isinstance(key, int) and isinstance(node, dict) and ("id" in node or "baseline" in node):
+            parts.append(f" ({'id' if 'id' in node else 'baseline'} {node.get('id', node.get('baseline'))!r})")
+    return "".join(parts)
+
+
+def _check_schema(path: Path, spec: dict) -> None:
+    """Every key of the file, at every level, against workflow/schemas/experiments.schema.yaml: a misspelt key
+    (`setings:`, `bsae:`, `sedes:`) is named with the allowed ones, before any job."""
+    import hashlib
+    import json
+
+    import jsonschema
+
+    digest = hashlib.sha1(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+    if digest in _VALID:
+        return
+    schema = yaml.safe_load(SCHEMA.read_text())
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(spec))
+    if error is None:
+        _VALID.add(digest)
+        return
+    where = _where(spec, error.absolute_path) or "top level"
+    fix = f"see {SCHEMA.relative_to(REPO)}"
+    if error.validator == "additionalProperties" and error.schema.get("properties"):
+        allowed = list(error.schema["properties"])
+        unknown = [k for k in error.instance if k not in allowed]
+        raise ConfigError(f"{_name(path)}: {where}: unknown key(s) {unknown}; allowed: {', '.join(allowed)} ({fix})")
+    raise ConfigError(f"{_name(path)}: {where}: {error.message} ({fix})")
+
+
+COMMON_METRICS = ("wall_time_s", "bytes_sent")   # every run's summary row has these (common/results.summary_frame)
+
+
+def summary_metrics(paper: str) -> tuple[str, ...]:
+    """The summary metrics a paper's runs (and its report's derived columns) produce: `SUMMARY_METRICS` in
+    papers/<paper>/__init__.py (names, or fnmatch patterns such as `kept_*`), plus the common ones."""
+    import importlib
+
+    declared = getattr(importlib.import_module(f"papers.{paper}"), "SUMMARY_METRICS", None)
+    if declared is None:
+        raise ConfigError(f"papers/{paper}/__init__.py declares no SUMMARY_METRICS: list the summary metrics its "
+                          "runs produce (method.py's record.summary) there")
+    return tuple(declared) + COMMON_METRICS
+
+
+def _check_metrics(path: Path, spec: dict, paper: str) -> None:
+    """Every claim, regime row and `reported:` entry reads a declared summary metric (a claim with `target:`
+    reads a curve, not a metric)."""
+    import fnmatch
+
+    declared = summary_metrics(paper)
+    rows = [(f"claim {c.get('id', '?')!r}", c) for c in spec.get("claims") or [] if "target" not in c]
+    rows += [(f"regime row {r.get('baseline', '?')!r}", r) for r in spec.get("regime") or []]
+    rows += [(f"reported entry {r.get('quantity', '?')!r}", r) for r in spec.get("reported") or [] if r.get("metric")]
+    for what, row in rows:
+        metric = row.get("metric")
+        if not isinstance(metric, str) or not any(fnmatch.fnmatchcase(metric, d) for d in declared):
+            raise ConfigError(f"{_name(path)}: {what} reads metric {metric!r}, which the runs of {paper} do not "
+                              f"produce; use one of the declared metrics: {', '.join(declared)} "
+                              f"(papers/{paper}/__init__.py SUMMARY_METRICS)")
 
 
 CLAIM_KINDS = ("greater", "not_worse", "ratio_at_least", "gap_greater")

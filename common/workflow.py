@@ -13,21 +13,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from common import experiments
+from common import experiments, provenance
 
 REPO = Path(__file__).resolve().parent.parent
 PUBLISHED_SCALE = "quick"   # the scale whose reports are committed as reports/<paper>/
-# code a run depends on (a change reruns the runs); the report code (figures.py, report.py, plots.py) only
-# reruns the report
-RUN_CODE = ["common/*.py", "common/fl/*.py"]
-NOT_RUN_CODE = {"common/report.py", "common/plots.py", "common/index.py", "common/validate.py",
-                "common/workflow.py", "common/reproduce.py"}
 
 
 def fail(message: str) -> None:
@@ -84,27 +80,93 @@ def parse_seeds(value):
     return [value] if isinstance(value, int) else value
 
 
-def report_dir(paper: str, scale: str) -> str:
-    return f"reports/{paper}" if scale == PUBLISHED_SCALE else f"reports/{scale}/{paper}"
+def parse_flag(value):
+    """`--config allow_stale=true` reaches the config as the string 'true': read it as a YAML scalar (anything
+    but a boolean is left for the schema to reject by name)."""
+    return yaml.safe_load(value) if isinstance(value, str) and value.strip() else value
 
 
-def target_papers(argv: list[str], scale: str) -> list[str]:
-    """The papers the command line asks for (all of them when no target names one). A target
-    reports/<paper> at another scale than the committed one is a user error: it would mean the committed
-    report."""
-    known = papers()
+def build_name(scale: str, seeds: list[int] | None = None) -> str:
+    """The folder a build's report goes to: the scale, or `<scale>-seeds-0-1` when `--config seeds=...` replaces
+    the scale's own seeds (such a build never publishes over the committed report)."""
+    return f"{scale}-seeds-{'-'.join(map(str, seeds))}" if seeds else scale
+
+
+def report_dir(paper: str, scale: str, seeds: list[int] | None = None) -> str:
+    build = build_name(scale, seeds)
+    return f"reports/{paper}" if build == PUBLISHED_SCALE else f"reports/{build}/{paper}"
+
+
+def _config_hint(build: str) -> str:
+    """`--config scale=X seeds=[..]`, the options that make a build of that folder name."""
+    scale, _, seeds = build.partition("-seeds-")
+    return f"--config scale={scale}" + (f" seeds=[{','.join(seeds.split('-'))}]" if seeds else "")
+
+
+def target_papers(argv: list[str], scale: str, seeds: list[int] | None = None) -> list[str]:
+    """The papers the command line asks for (all of them when no target names one). A target whose folder is
+    not this build's (reports/<paper> at another scale or with other seeds: the committed report;
+    reports/smoke/<paper> without `--config scale=smoke`) is a user error naming the command that builds it."""
+    known, build = papers(), build_name(scale, seeds)
     named = []
     for arg in argv:
         parts = arg.strip("/").split("/")
-        if parts[0] == "reports" and len(parts) == 2 and parts[1] in known and scale != PUBLISHED_SCALE:
-            fail(f"reports/{parts[1]} is the committed {PUBLISHED_SCALE} report; the {scale} report is "
-                 f"reports/{scale}/{parts[1]}: run snakemake reports/{scale}/{parts[1]} --config scale={scale}")
+        if parts[0] == "reports" and len(parts) == 2 and parts[1] in known and build != PUBLISHED_SCALE:
+            fail(f"reports/{parts[1]} is the committed {PUBLISHED_SCALE} report; this build "
+                 f"({_config_hint(build)}) is reports/{build}/{parts[1]}: run snakemake reports/{build}/{parts[1]} "
+                 f"{_config_hint(build)}")
         if parts[0] == "reports" and len(parts) >= 2 and parts[-1] not in known and parts[-1] != "README.md":
             fail(f"unknown paper {parts[-1]!r} in {arg}; known: {', '.join(known)}")
+        if parts[0] == "reports" and len(parts) == 3 and parts[1] != build:
+            if not re.fullmatch(rf"({'|'.join(experiments.SCALES)})(-seeds(-\d+)+)?", parts[1]):
+                fail(f"{arg}: no build makes reports/{parts[1]}/; the reports are reports/<paper> (quick), "
+                     f"reports/<scale>/<paper> and reports/<scale>-seeds-<k>-.../<paper>")
+            fail(f"{arg} is made with {_config_hint(parts[1])}: run snakemake {arg} {_config_hint(parts[1])}")
         named += [p for p in parts[1:] if p in known] if parts[0] in ("reports", "results") else []
     return sorted(set(named)) or known
 
 
+def announce_build(scale: str, seeds: list[int] | None) -> str:
+    """Where a build with its own seeds goes (printed before it starts); empty for the scale's own seeds."""
+    if not seeds:
+        return ""
+    build = build_name(scale, seeds)
+    return (f"seeds {seeds} replace every seed list of the {scale} scale (setting_seeds included): the reports "
+            f"are built under results/{build}/<paper>/report and published to reports/{build}/<paper>; the "
+            f"{scale} reports (reports/{'<paper>' if scale == PUBLISHED_SCALE else scale + '/<paper>'}) are not "
+            "touched")
+
+
+def dry_run(argv: list[str]) -> bool:
+    """Whether Snakemake was asked for a dry run (-n, --dry-run, or -n among short flags such as -np)."""
+    return any(a in ("-n", "--dry-run", "--dryrun") or (re.fullmatch(r"-[a-zA-Z]+", a) and "n" in a)
+               for a in argv)
+
+
+def check_writable(folders: list[str]) -> None:
+    """Each folder the jobs write (or the nearest part of its path that exists) is writable: else one line
+    before any job, instead of a failed job and Snakemake's own traceback."""
+    for folder in folders:
+        path = Path(folder).absolute()
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        if not os.access(path, os.W_OK | os.X_OK):
+            fail(f"cannot write {path} (read-only or not yours), where this build writes {folder}: make it "
+                 f"writable (chmod -R u+w {path}) or run from a writable copy of the repository (-d DIR)")
+
+
+def clear_stale_backups(workdir: str = ".") -> list[str]:
+    """Snakemake's backups of published reports left by a killed publish (.snakemake/backups/reports/...):
+    removed (or put back where the report is missing), so the same command publishes again. Only when no other
+    Snakemake runs in `workdir`. Returns what was done."""
+    from common import publish
+
+    backups = Path(workdir, ".snakemake", "backups")
+    if not backups.exists() or _other_snakemake_running(workdir):
+        return []
+    found = [p for p in backups.rglob("claims.json")]
+    done = [publish.clear_stale_backup(p.parent.relative_to(backups), Path(workdir)) for p in found]
+    return [d for d in done if d]
 def check_before_running(paper_list: list[str], scale: str, device: str | None = None) -> None:
     """Every setting, claim and data set of the requested papers at this scale (common.validate), and the device
     when given (the jobs run on this machine)."""
@@ -115,25 +177,30 @@ def check_before_running(paper_list: list[str], scale: str, device: str | None =
         fail(proc.stderr.strip().removeprefix("error: ") or f"the check of {paper_list} failed")
 
 
-def code_hash(patterns: list[str], exclude: set[str] = frozenset()) -> str:
+def code_hash(patterns: list[str]) -> str:
     h = hashlib.sha1()
     for pattern in patterns:
         for path in sorted(REPO.glob(pattern)):
-            rel = str(path.relative_to(REPO))
-            if rel not in exclude:
-                h.update(rel.encode() + path.read_bytes())
+            h.update(str(path.relative_to(REPO)).encode() + path.read_bytes())
     return h.hexdigest()[:12]
 
 
-RUNS_EVERY_PAPER = {"compare"}   # the teaching comparison runs every paper's registered methods
-
-
-def run_code(paper: str) -> str:
-    """Hash of the code a run of `paper` executes: its folder but figures.py (every paper's for the comparison),
-    and common/ but the report code."""
-    folders = papers() if paper in RUNS_EVERY_PAPER else [paper]
-    return code_hash(RUN_CODE + [f"papers/{p}/*.py" for p in folders],
-                     NOT_RUN_CODE | {f"papers/{p}/figures.py" for p in folders})
+def run_code(record: str) -> str:
+    """The code trigger of a run (a params trigger): the files its record says it loaded (common/provenance.py).
+    While they are as they were, the value the run was started with (kept in the record as `trigger`, so the
+    value Snakemake stored for the job is given back); once one changes, `changed:<hash of them now>`, so exactly
+    the runs that loaded a changed file rerun. A run not yet made: `new`."""
+    path = REPO / record
+    if not path.exists():
+        return "new"
+    try:
+        made = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "unreadable"
+    files = made.get("code_files") or {}
+    if files and not provenance.changed_files(files):
+        return made.get("trigger") or "new"
+    return "changed:" + provenance.code_hash([files])
 
 
 def run_settings(paper: str, scale: str, setting: str) -> str:
@@ -144,7 +211,7 @@ def run_settings(paper: str, scale: str, setting: str) -> str:
 def report_inputs(paper: str) -> str:
     """Hash of what the report reads besides the run records: experiments.yaml and the report code."""
     return code_hash([f"papers/{paper}/experiments.yaml", f"papers/{paper}/figures.py", "common/report.py",
-                      "common/plots.py"])
+                      "common/claims.py", "common/provenance.py", "common/plots.py"])
 
 
 def gpus_per_run(config: dict) -> int:
@@ -189,8 +256,16 @@ def paper_scale_estimate(paper_list: list[str], scale: str) -> str:
     return "\n".join(lines)
 
 
+def run_ids(paper: str, scale: str, seeds: list[int] | None) -> list[str]:
+    """The runs of a build: the scale's own, or with `seeds` every setting with exactly those seeds (the
+    override replaces `setting_seeds` too)."""
+    if not seeds:
+        return experiments.run_ids(paper, scale)
+    return [f"{s}/seed{k}" for s in experiments.settings(paper, scale) for k in seeds]
+
+
 def run_records(paper: str, scale: str, seeds: list[int] | None) -> list[str]:
-    return [f"results/{scale}/{paper}/{run}.json" for run in experiments.run_ids(paper, scale, seeds)]
+    return [f"results/{scale}/{paper}/{run}.json" for run in run_ids(paper, scale, seeds)]
 
 
 # ---------------------------------------------------------------------------------------- cached teachers
@@ -236,14 +311,53 @@ def teacher_records(paper: str, scale: str, seeds: list[int] | None) -> list[str
     """The teachers' records a report reads (one per seed its runs use), none for a paper without a teacher."""
     if teacher_spec(paper, scale) is None:
         return []
-    used = sorted({int(run.rsplit("seed", 1)[1]) for run in experiments.run_ids(paper, scale, seeds)})
+    used = sorted({int(run.rsplit("seed", 1)[1]) for run in run_ids(paper, scale, seeds)})
     return [teacher_record(paper, scale, seed) for seed in used]
 
 
-def captions(build: str) -> dict:
-    """The figures' own captions (written by common.report.Report) for Snakemake's HTML report."""
-    path = Path(build) / "captions.json"  # relative to Snakemake's working directory
-    return json.loads(path.read_text()) if path.exists() else {}
+# for a report published before common.report wrote the regime table's caption
+REGIME_CAPTION = "Regime: each baseline the claims read against its reference (ratio = ours / reference)"
+
+
+def captions(published: str, build: str) -> dict:
+    """The figures' and tables' own captions (written by common.report.Report) for Snakemake's HTML report: the
+    published report's captions.json (committed: there on a fresh clone), else the build's; paths are relative
+    to Snakemake's working directory."""
+    for folder in (published, build):
+        path = Path(folder) / "captions.json"
+        if path.exists():
+            return {"regime": REGIME_CAPTION, **json.loads(path.read_text())}
+    return {}
+
+
+def readme_rst(published: str) -> str:
+    """The published report's README.md (setup, verdict rules, verdicts) as reStructuredText for the HTML
+    report's caption of README.md: rendered to HTML where markdown-it-py is installed, else shown as text."""
+    path = Path(published) / "README.md"
+    if not path.exists():
+        return ""
+    text = path.read_text()
+    try:
+        from markdown_it import MarkdownIt
+
+        html = MarkdownIt("commonmark").enable("table").render(text)
+        return ".. raw:: html\n\n" + "\n".join("   " + line for line in html.splitlines()) + "\n"
+    except ImportError:
+        return "::\n\n" + "\n".join("   " + line for line in text.splitlines()) + "\n"
+
+
+def _other_snakemake_running(workdir: str) -> bool:
+    """Whether a Snakemake process other than this one (and its parent) runs in `workdir`."""
+    here, mine = Path(workdir).resolve(), {os.getpid(), os.getppid()}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            if int(proc.name) not in mine and any(b"snakemake" in part for part in cmd[:2]) \
+                    and Path(os.readlink(proc / "cwd")) == here:
+                return True
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def unlock_if_stale(workdir: str) -> bool:
@@ -252,14 +366,8 @@ def unlock_if_stale(workdir: str) -> bool:
     locks = Path(workdir, ".snakemake", "locks")
     if not locks.exists() or not any(locks.iterdir()):
         return False
-    here = Path(workdir).resolve()
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            if any(b"snakemake" in part for part in cmd[:2]) and Path(os.readlink(proc / "cwd")) == here:
-                return False
-        except OSError:
-            continue
+    if _other_snakemake_running(workdir):
+        return False
     for lock in locks.iterdir():
         lock.unlink()
     return True

@@ -1,5 +1,5 @@
-"""Issue #11's fuzz test: 40 kinds of bad input, each answered with one clear `error:` line that names the
-problem, a non-zero exit, no traceback, and nothing written under results/ or reports/.
+"""The fuzz test of issues #11 and #28: over 50 kinds of bad input, each answered with one clear `error:` line that
+names the problem, a non-zero exit, no traceback, and nothing written under results/ or reports/.
 
 Three entry points: the workflow (`snakemake reports/...`, checked while Snakemake parses, before any job), a
 copy of the repository whose experiments.yaml or config is broken, and a paper's own CLI (`python -m papers.<p>
@@ -38,6 +38,10 @@ def _drop_claim_key(key):
 
 def _setting(**kw):
     return _spec(lambda s: s["settings"][next(iter(s["settings"]))].update(kw))
+
+
+def _rename_scale_key(scale, key, typo):
+    return _spec(lambda s: s["scales"][scale].update({typo: s["scales"][scale].pop(key)}))
 
 
 # (name, where, arguments or mutation, words the one error line must contain)
@@ -82,6 +86,23 @@ COPY = [  # a repository copy whose experiments.yaml or config is broken
      _spec(lambda s: s.update(regime=[{"baseline": "x", "setting": "dense", "metric": "final_test_acc",
                                        "reference_source": "-"}])), "reference"),
     ("workflow config not YAML", "config_text", "scale: [quick\n", "config"),
+    # issue #28: every key of experiments.yaml against its schema, every metric against the declared summaries,
+    # every method when the config is built: all before any job
+    ("scale key misspelt: setings", "spec", _rename_scale_key("smoke", "settings", "setings"), "setings"),
+    ("scale key misspelt: bsae", "spec", _rename_scale_key("smoke", "base", "bsae"), "bsae"),
+    ("scale key misspelt: sedes", "spec", _rename_scale_key("smoke", "seeds", "sedes"), "sedes"),
+    ("scale key misspelt: setting_sedes", "spec", _rename_scale_key("quick", "setting_seeds", "setting_sedes"),
+     "setting_sedes"),
+    ("unknown top-level key", "spec", _spec(lambda s: s.update(regmie=s.pop("regime"))), "regmie"),
+    ("claim with a misspelt key", "spec", _first_claim(metirc="final_test_acc"), "metirc"),
+    ("claim metric misspelt", "spec", _first_claim(metric="final_tset_acc"), "final_tset_acc"),
+    ("regime metric misspelt", "spec", _spec(lambda s: s["regime"][0].update(metric="final_tset_acc")),
+     "final_tset_acc"),
+    ("reported metric misspelt", "spec",
+     _spec(lambda s: next(r for r in s["reported"] if r.get("metric")).update(metric="upload_reducton")),
+     "upload_reducton"),
+    ("unknown method", "spec", _spec(lambda s: s["settings"][s["scales"]["smoke"]["settings"][0]].update(
+        method="fedfoo")), "fedfoo", "fedntd"),
 ]
 CLI = [  # python -m papers.<paper> ... (each writes nothing)
     ("cli seed negative", ["run", "--setting", "dense", "--seed", "-1"], "--seed"),
@@ -178,24 +199,26 @@ def repo_copy(tmp_path_factory):
 
 @needs_mnist
 def test_broken_experiments_and_config_files(repo_copy, tmp_path):
-    spec_path = repo_copy / "papers" / PAPER / "experiments.yaml"
     config_path = repo_copy / "config" / "config.yaml"
-    good_spec, good_config = spec_path.read_text(), config_path.read_text()
-    for name, kind, change, words in COPY:  # one at a time: they share the copy
-        spec_path.write_text(good_spec)
-        config_path.write_text(good_config)
+    good_config = config_path.read_text()
+    for name, kind, change, words, *other in COPY:  # one at a time: they share the copy
+        paper = other[0] if other else PAPER   # the case's paper (default PAPER)
+        spec_path = repo_copy / "papers" / paper / "experiments.yaml"
+        good_spec = spec_path.read_text()
         if kind == "yaml_text":
             spec_path.write_text(change)
         elif kind == "config_text":
             config_path.write_text(change)
         else:
             spec_path.write_text(yaml.safe_dump(change(yaml.safe_load(good_spec)), sort_keys=False))
-        work = tmp_path / name.replace(" ", "_")
+        work = tmp_path / name.replace(" ", "_").replace(":", "")
         work.mkdir()
-        _assert_one_clear_error(_snakemake(repo_copy / "Snakefile", work, ["reports/smoke/" + PAPER], []),
-                                words, work)
-    spec_path.write_text(good_spec)
-    config_path.write_text(good_config)
+        try:
+            _assert_one_clear_error(_snakemake(repo_copy / "Snakefile", work, ["reports/smoke/" + paper], []),
+                                    words, work)
+        finally:
+            spec_path.write_text(good_spec)
+            config_path.write_text(good_config)
 
 
 @needs_mnist

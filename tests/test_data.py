@@ -1,3 +1,4 @@
+import os
 import numpy as np
 import pytest
 import torch
@@ -61,3 +62,25 @@ def test_mnist_loads_as_uint8_tensors_and_normalises_per_batch():
 def test_subset_keeps_metadata():
     sub = data.load("mnist", "test").subset(torch.arange(10))
     assert len(sub) == 10 and sub.num_classes == 10 and sub.mean == (0.1307,)
+
+
+def test_a_flipped_byte_is_caught_with_a_warm_cache_and_the_same_size_and_mtime(monkeypatch, tmp_path):
+    """Issue #28: the data are verified by content on every load, not by size and mtime."""
+    import dataclasses
+
+    path = tmp_path / "root" / "USPS" / "usps.npz"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(bytes(range(256)) * 64)
+    monkeypatch.setitem(data.REGISTRY, "usps", dataclasses.replace(
+        data.REGISTRY["usps"], files={"USPS/usps.npz": data.sha256(path)}))
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path / "root"))
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
+    data.verify("usps")   # warm: hashed once
+    st = path.stat()
+    raw = bytearray(path.read_bytes())
+    raw[1000] ^= 1
+    path.write_bytes(bytes(raw))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(data.DataCorruptError, match="sha256"):
+        data.verify("usps")

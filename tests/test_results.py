@@ -48,3 +48,27 @@ def test_same_seed_same_numbers():
     g = seed_everything(5)
     assert torch.equal(a, torch.randn(4))
     assert torch.equal(torch.randn(3, generator=g), torch.randn(3, generator=torch.Generator().manual_seed(5)))
+
+
+def test_atomic_write_gives_0644_files_and_0755_folders_whatever_the_umask(tmp_path):
+    old = os.umask(0o077)
+    try:
+        atomic_write_text(tmp_path / "new" / "deeper" / "r.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "new" / "deeper" / "r.json").stat().st_mode & 0o777 == 0o644
+    assert [(tmp_path / p).stat().st_mode & 0o777 for p in ("new", "new/deeper")] == [0o755, 0o755]
+
+
+def test_atomic_write_refuses_a_path_that_is_not_a_regular_file(tmp_path):
+    """Issue #28: `--out /dev/full` replaced the device node (the rename replaces whatever the path is)."""
+    fifo, folder, link = tmp_path / "fifo.json", tmp_path / "folder.json", tmp_path / "link.json"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    (tmp_path / "target.json").write_text("kept")
+    link.symlink_to(tmp_path / "target.json")
+    for path in (fifo, folder, link):
+        with pytest.raises(FileExistsError, match="not a regular file"):
+            atomic_write_text(path, "x")
+    assert fifo.is_fifo() and folder.is_dir() and link.is_symlink() and link.read_text() == "kept"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.json", "folder.json", "link.json", "target.json"]

@@ -2,6 +2,7 @@
 (with names that say whose they are: `prox_mu`, `ntd_tau`, ...) and to set its paper's defaults."""
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 from common.experiments import check
@@ -46,7 +47,13 @@ class FLConfig:
     eval_every: int = 1
     eval_batch_size: int = 256       # on a CPU, 256 evaluates ~2x faster than 2000 (benchmarks/fl_engine.py)
 
+    # the names `method` may take (a class attribute, not a field): a paper with its own list sets it; None = the
+    # engine's registry (common/fl/engine.py METHODS, with the methods of the config's own paper registered)
+    methods = None
+
     def __post_init__(self):
+        known = self.known_methods()
+        check(self.method in known, f"unknown method {self.method!r}; use one of {', '.join(known)}")
         check(0 < self.participation <= 1, f"participation (C) must be in (0, 1], got {self.participation}")
         check(self.alpha > 0, f"alpha must be > 0, got {self.alpha}")
         check(self.n_clients >= 1, f"n_clients must be >= 1, got {self.n_clients}")
@@ -64,6 +71,18 @@ class FLConfig:
         check(self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}")
         check(self.prox_mu >= 0, f"prox_mu must be >= 0, got {self.prox_mu}")
         check(0 <= self.server_momentum < 1, f"server_momentum must be in [0, 1), got {self.server_momentum}")
+
+    def known_methods(self) -> tuple[str, ...]:
+        """`methods`, or every registered method once the config's paper (papers/<p>/method.py) has registered its
+        own: checked when the config is built, so an unknown method fails the pre-run check, not a job."""
+        if self.methods is not None:
+            return tuple(self.methods)
+        from common.fl.engine import METHODS
+
+        home = type(self).__module__.split(".")
+        if self.method not in METHODS and home[0] == "papers" and len(home) > 1:
+            importlib.import_module(f"papers.{home[1]}.method")
+        return tuple(sorted(METHODS))
 
     @property
     def clients_per_round(self) -> int:

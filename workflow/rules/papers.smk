@@ -22,9 +22,10 @@ rule run:
     params:
         py=sys.executable,
         scale=SCALE,
-        # params triggers: a changed setting or run code reruns the runs it affects
+        # params triggers: a changed setting, or a change in a file the run loaded (its record's hashes, see
+        # common/provenance.py), reruns the runs it affects
         settings=lambda wc: wf.run_settings(wc.paper, SCALE, wc.setting),
-        code=lambda wc: wf.run_code(wc.paper),
+        code=lambda wc: wf.run_code(f"results/{SCALE}/{wc.paper}/{wc.setting}/seed{wc.seed}.json"),
     threads: config["threads_per_run"]
     resources:
         gpu=wf.gpus_per_run(config),  # SLURM: --gpus=1; locally, --resources gpu=N caps the runs sharing the GPUs
@@ -33,7 +34,8 @@ rule run:
     conda:
         "../envs/replications.yaml"
     shell:
-        "{params.py} -m papers.{wildcards.paper} run --scale {params.scale} --setting {wildcards.setting}"
+        "REPLICATIONS_TRIGGER={params.code} {params.py} -m papers.{wildcards.paper} run --scale {params.scale}"
+        " --setting {wildcards.setting}"
         " --seed {wildcards.seed} --threads {threads} --device $REPLICATIONS_DEVICE --out {output} 2>&1 | tee {log}"
 
 
@@ -41,42 +43,52 @@ rule report:
     input:
         lambda wc: wf.run_records(wc.paper, SCALE, SEEDS) + wf.teacher_records(wc.paper, SCALE, SEEDS),
     output:
-        directory(f"results/{SCALE}/{{paper}}/report"),
+        directory(f"results/{BUILD}/{{paper}}/report"),
     log:
-        f"logs/{SCALE}/{{paper}}/report.log",
+        f"logs/{BUILD}/{{paper}}/report.log",
     params:
         py=sys.executable,
         scale=SCALE,
         results=lambda wc: f"results/{SCALE}/{wc.paper}",
-        published=lambda wc: wf.report_dir(wc.paper, SCALE),
+        published=lambda wc: wf.report_dir(wc.paper, SCALE, SEEDS),
         inputs=lambda wc: wf.report_inputs(wc.paper),  # a changed claim or figure code rebuilds the report
+        # the seeds of a build with its own (--config seeds=...); a draft from stale records (allow_stale)
+        flags=(f" --seeds {','.join(map(str, SEEDS))}" if SEEDS else "")
+        + (" --allow-stale" if config.get("allow_stale") else ""),
     conda:
         "../envs/replications.yaml"
     shell:
         "({params.py} -m papers.{wildcards.paper} report --scale {params.scale} --results {params.results}"
-        " --out {output} && {params.py} -m common.reproduce {output} {params.published}) 2>&1 | tee {log}"
+        " --out {output}{params.flags} && {params.py} -m common.reproduce {output} {params.published}) 2>&1"
+        " | tee {log}"
 
 
 rule publish:
+    # The published report is swapped in by rename (common/publish.py), so a publish that fails or is killed
+    # leaves the previous one in place. update(): Snakemake must not delete the folder before the job (as it does
+    # a plain directory() output); its backup of it, left by a killed run, is cleared at the next start.
     input:
-        f"results/{SCALE}/{{paper}}/report",
+        f"results/{BUILD}/{{paper}}/report",
     output:
         report(
-            directory(wf.report_dir("{paper}", SCALE)),
-            patterns=["figures/{name}.png", "tables/{name}.csv"],
+            update(directory(wf.report_dir("{paper}", SCALE, SEEDS))),
+            patterns=["figures/{name}.png", "tables/{name}.csv", "{name}.md"],
             caption="../report/figure.rst",
             category="{paper}",
         ),
     log:
-        f"logs/{SCALE}/{{paper}}/publish.log",
+        f"logs/{BUILD}/{{paper}}/publish.log",
     params:
-        captions=lambda wc: wf.captions(f"results/{SCALE}/{wc.paper}/report"),
+        py=sys.executable,
+        # for the HTML report only (so never a rerun trigger): the published report's captions and README
+        captions=lambda wc: wf.captions(wf.report_dir(wc.paper, SCALE, SEEDS), f"results/{BUILD}/{wc.paper}/report")
+        if REPORTING else {},
+        readme=lambda wc: wf.readme_rst(wf.report_dir(wc.paper, SCALE, SEEDS)) if REPORTING else "",
     localrule: True
     conda:
         "../envs/replications.yaml"
     shell:
-        "(rm -rf {output}.tmp && cp -r {input} {output}.tmp && rm -rf {output} && mv {output}.tmp {output}"
-        " && echo published {output}) 2>&1 | tee {log}"
+        "{params.py} -m common.publish {input} {output} 2>&1 | tee {log}"
 
 
 rule index:

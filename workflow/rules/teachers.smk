@@ -16,7 +16,7 @@ rule teacher:
         scale=SCALE,
         # params triggers: a changed teacher config or run code retrains the teacher (and so its students)
         settings=lambda wc: wf.teacher_settings(wc.paper, SCALE),
-        code=lambda wc: wf.run_code(wc.paper),
+        code=lambda wc: wf.run_code(wf.teacher_record(wc.paper, SCALE, wc.seed)),
     threads: config["threads_per_run"]
     resources:
         gpu=wf.gpus_per_run(config),
@@ -25,5 +25,6 @@ rule teacher:
     conda:
         "../envs/replications.yaml"
     shell:
-        "{params.py} -m papers.{wildcards.paper} teacher --scale {params.scale} --seed {wildcards.seed}"
+        "REPLICATIONS_TRIGGER={params.code} {params.py} -m papers.{wildcards.paper} teacher --scale {params.scale}"
+        " --seed {wildcards.seed}"
         " --threads {threads} --device $REPLICATIONS_DEVICE --out {output.weights} 2>&1 | tee {log}"
