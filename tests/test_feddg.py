@@ -666,7 +666,7 @@ def test_smoke_runs_then_report(tmp_path):
     results = tmp_path / "results"
     for setting in ("mnistm_fedavg", "mnistm_feddg", "mnistm_fedavg_ref", "cls_mnistm_fedavg", "cls_mnistm_feddg"):
         assert main(*ENTRY, ["run", "--scale", "smoke", "--setting", setting, "--seed", "0", "--device", "cpu",
-                             "--set", "rounds=1", "--out", str(results / setting / "seed0.json")]) == 0
+                             "--out", str(results / setting / "seed0.json")]) == 0
     record = json.loads((results / "mnistm_feddg" / "seed0.json").read_text())
     assert {"final_dice", "best_dice", "final_hd95", "best_hd95", "final_seen_dice", "bank_bytes"} <= set(
         record["summary"]) and "final_test_acc" not in record["summary"]
@@ -684,7 +684,7 @@ def test_smoke_runs_then_report(tmp_path):
     ablation = (report / "tables" / "ablation.csv").read_text()
     assert "FedAvg" in ablation and "FedDG (ELCFS)" in ablation
     regime = (report / "tables" / "regime.csv").read_text()
-    assert "mnistm_fedavg" in regime and "cls_mnistm_fedavg" in regime
+    assert "mnistm_fedavg" in regime
 
 
 @pytest.mark.workflow

@@ -184,12 +184,12 @@ def test_smoke_run_then_report(tmp_path):
     for setting in ("pfedhn", "fedavg", "pfedhn_novel"):
         out = results / setting / "seed0.json"
         assert main(*ENTRY, ["run", "--scale", "smoke", "--setting", setting, "--seed", "0", "--device", "cpu",
-                             "--set", "rounds=10", "--out", str(out)]) == 0
+                             "--out", str(out)]) == 0   # the smoke setting itself: the report reads no --set run
     record = json.loads((results / "pfedhn_novel" / "seed0.json").read_text())
     assert {"novel_test_acc", "novel_minus_trained", "best_val_test_acc", "label_mix_match"} <= set(record["summary"])
-    assert record["history"][-1]["visits"] == 10
+    assert record["history"][-1]["visits"] == 20
     fedavg = json.loads((results / "fedavg" / "seed0.json").read_text())
-    assert [h["visits"] for h in fedavg["history"]] == [10] and "final_global_test_acc" in fedavg["summary"]
+    assert [h["visits"] for h in fedavg["history"]] == [10, 20] and "final_global_test_acc" in fedavg["summary"]
     report = tmp_path / "report"
     assert main(*ENTRY, ["report", "--scale", "smoke", "--results", str(results), "--out", str(report)]) == 0
     claims = {c["id"]: c for c in json.loads((report / "claims.json").read_text())}

@@ -536,12 +536,13 @@ def test_the_cli_reports_a_missing_t5_folder_in_one_line(tmp_path):
 
 
 def test_every_claim_and_regime_row_names_settings_its_scale_runs():
+    from common.claims import settings_read
     from common.experiments import experiments
 
     spec = experiments("prompt_tuning")
     runs = {s: scale for scale in ("quick", "paper") for s in settings("prompt_tuning", scale)}
     for claim in spec["claims"]:
-        scales = {runs.get(claim[k]) for k in ("a", "b", "c", "d") if k in claim}
+        scales = {runs.get(s) for s in settings_read(claim)}   # its members' settings too
         assert len(scales) == 1 and None not in scales, claim["id"]  # all of a claim's settings on one scale
     for row in spec["regime"]:
         assert row["setting"] in runs and runs.get(row.get("reference_setting", row["setting"])) == runs[row["setting"]]

@@ -8,3 +8,13 @@ method buys back. Each panel's baselines are measured against the same model tra
 
 PAPER = ("Baselines: McMahan et al. 2017 (FedAvg, AISTATS), Li et al. 2020 (FedProx, MLSys), Hsu et al. 2019 "
          "(FedAvgM, arXiv:1909.06335); label skew by Dirichlet sampling as Hsu et al. 2019")
+
+# The summary metrics its runs produce (common/experiments.py checks every claim, regime and `reported:`
+# metric against these before any job; fnmatch patterns allowed): the engine's (common/fl/engine.py
+# run_federated), method.py's run (rounds to the data set's target) and, for the personalisation panel, Per-
+# FedAvg's (papers/perfedavg/method.py train, A = 5).
+SUMMARY_METRICS = (
+    "final_test_acc", "best_test_acc", "last5_test_acc", "bytes_down", "bytes_up", "final_personal_acc",
+    "rounds_to_target", "target",
+    "final_pers_acc_0", "final_pers_loss_0", "final_pers_acc_1", "final_pers_loss_1", "final_pers_acc_5",
+    "final_pers_loss_5", "final_meta_objective", "final_adapt_gain", "total_grad_evals")

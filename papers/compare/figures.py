@@ -390,7 +390,7 @@ def report(results: Path, out: Path, scale: str) -> None:
     federated = summary[~summary["method"].isin([REFERENCE, PERSONAL])]
     panels = _order(set(federated["dataset"]), list(PANELS))
     rep = Report(out, "Federated baselines side by side (the teaching comparison)", PAPER, scale, PAPER_ID,
-                 [r.commit for r in records])
+                 records)
     rep.section("Setup", setup_text(spec, cfg, sorted({r.seed for r in runs}), panels,
                                         _order(set(federated["partition"]), PARTITION_ORDER)))
     rep.regime(spec, summary)
@@ -407,7 +407,7 @@ FedAvgM, Hsu et al. 2019, has no report here). A paper claim would be counted on
 """ + (PERS_CLAIMS if any(is_personal(c["a"]) for c in spec["claims"]) else "")
       + (f"{skipped} claims of `experiments.yaml` (the CIFAR-10 panel, and cells this scale does not run) are "
          "judged at the paper scale only." if skipped else ""))
-    rep.add_claims(spec.get("claims", []), summary)
+    rep.add_claims(spec.get("claims", []), summary, spec)
     rep.section("Results")
     hist, summary = hist[~hist["method"].isin([REFERENCE, PERSONAL])], federated
     for panel in panels:

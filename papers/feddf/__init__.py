@@ -12,3 +12,14 @@ architecture's server model distilled from the ensemble of all clients).
 PAPER = ("Tao Lin, Lingjing Kong, Sebastian U. Stich and Martin Jaggi. Ensemble Distillation for Robust Model "
          "Fusion in Federated Learning. NeurIPS 2020. arXiv:2006.07242. Official code: "
          "github.com/epfml/federated-learning-public-code, codes/FedDF-code")
+
+# The summary metrics its runs produce (common/experiments.py checks every claim, regime and `reported:`
+# metric against these before any job; fnmatch patterns allowed): the engine's, run.py's per accuracy curve
+# (the global model's, then each of feddf_archs' as `_<arch>`: the archs experiments.yaml names) and the
+# distillation's.
+ARCHS = ("fedgen_cnn", "mlp", "resnet8", "resnet20")
+SUMMARY_METRICS = (
+    "final_test_acc", "best_test_acc", "last5_test_acc", "bytes_down", "bytes_up", "final_personal_acc",
+    *(f"{k}{s}" for s in ("", *(f"_{a}" for a in ARCHS))
+      for k in ("final_test_acc", "best_test_acc", "mean_test_acc", "rounds_to_target")),
+    "mean_distill_steps", "mean_distill_gain")

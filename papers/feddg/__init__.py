@@ -18,3 +18,12 @@ stroke segmentation and for classification.
 PAPER = ("Quande Liu, Cheng Chen, Jing Qin, Qi Dou and Pheng-Ann Heng. FedDG: Federated Domain "
          "Generalization on Medical Image Segmentation via Episodic Learning in Continuous Frequency Space. "
          "CVPR 2021. arXiv:2103.06030. Official code: https://github.com/liuquande/FedDG-ELCFS")
+
+# The summary metrics its runs produce (common/experiments.py checks every claim, regime and `reported:`
+# metric against these before any job; fnmatch patterns allowed): the engine's and method.py's summarise
+# (classification: the seen domains' accuracy; segmentation: Dice, HD95 and the best-Dice round on the unseen
+# site).
+SUMMARY_METRICS = (
+    "final_test_acc", "best_test_acc", "last5_test_acc", "bytes_down", "bytes_up", "final_personal_acc",
+    "final_seen_acc", "final_dice", "final_hd95", "final_empty", "best_dice", "best_hd95", "best_round",
+    "final_seen_dice", "final_seen_hd95", "bank_bytes", "example_masks")

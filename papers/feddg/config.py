@@ -33,6 +33,7 @@ MODEL_OF_TASK = {"segmentation": "feddg_unet", "classification": "feddg_cnn"}
 
 @dataclass(frozen=True)
 class FedDGConfig(FLConfig):
+    methods = METHODS                     # what `method` may name (a class attribute, not a field)
     task: str = "segmentation"            # segmentation (Dice on the stroke masks) | classification (the digit)
     method: str = "feddg"                 # one of METHODS (see the module docstring)
     # the sites: one client per domain but the unseen one, which only tests (`--unseen_site`)

@@ -226,9 +226,9 @@ def report(results: Path, out: Path, scale: str) -> None:
     runs = runs_frame(records)
     seg_cfg = next((r.config for r in records if r.config["task"] == "segmentation"), records[0].config)
     rep = Report(out, "FedDG (Liu, Chen, Qin, Dou and Heng, CVPR 2021): episodic learning in continuous "
-                 "frequency space", PAPER, scale, PAPER_ID, [r.commit for r in records])
+                 "frequency space", PAPER, scale, PAPER_ID, records)
     rep.section("Setup", setup(seg_cfg, runs, spec))
-    rep.paper_and_claims(spec, runs, "The paper's numbers (none verified in the brief) and our digit analogue "
+    rep.paper_and_claims(spec, runs, "The paper's numbers (none verified: its Tables 1-2 were not read here) and our digit analogue "
                          "beside them; ours: mean ± std over seeds, final round")
     rep.section("Results")
     for name, table, caption in (
@@ -317,7 +317,7 @@ def reading(runs: pd.DataFrame) -> str:
                      f"{_mean(runs, 'cls_mnistm_feddg', 'final_test_acc'):.1f} % (seen domains: "
                      f"{_mean(runs, 'cls_mnistm_fedavg', 'final_seen_acc'):.1f} % and "
                      f"{_mean(runs, 'cls_mnistm_feddg', 'final_seen_acc'):.1f} %).")
-    lines.append("- **Scale.** Digits, not fundus or prostate images: the paper's own numbers are not in the "
-                 "brief, so no number of ours is compared with one of theirs; the claims test the paper's "
+    lines.append("- **Scale.** Digits, not fundus or prostate images: none of the paper's own numbers was verified "
+                 "here, so no number of ours is compared with one of theirs; the claims test the paper's "
                  "orderings on our domains.")
     return "\n".join(lines)

@@ -135,7 +135,7 @@ def class_contrastive_loss(z_raw: torch.Tensor, z_transformed: torch.Tensor, y: 
                            tau: float = TAU) -> torch.Tensor:
     """Adaptation for classification (not in the paper): the same NT-Xent over the raw and transformed images'
     embeddings [B, D] each, positives = same class (the two views of an image included), negatives = other
-    classes: a supervised contrastive loss in the form of the paper's boundary loss (brief Sec. 6)."""
+    classes: a supervised contrastive loss in the form of the paper's boundary loss (Sec. 3.3 of the paper)."""
     if z_raw.shape != z_transformed.shape:
         raise ValueError(f"raw and transformed embeddings differ in shape: {tuple(z_raw.shape)} vs "
                          f"{tuple(z_transformed.shape)}")

@@ -9,7 +9,7 @@ the first up block)], nearest x2 upsampling, conv1x1 (halving the width)-norm-Re
 skip, conv3x3-norm-ReLU; a 1x1 conv maps the last decoder map y1 (2n channels) to the K sigmoid outputs, and
 y1 is the embedding the boundary loss pools. Instance norm is torch's default (no affine parameters, no
 running statistics), so the model holds no buffers. BatchNorm is not offered: its running statistics would
-average the clients' styles (brief: do not swap instance norm for BN).
+average the clients' styles (so instance norm is not swapped for BN).
 Our digits are 32 x 32, so `depth` (levels) defaults to 4 (32 -> 4 at the bottom) instead of 5.
 """
 from __future__ import annotations

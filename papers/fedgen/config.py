@@ -12,6 +12,7 @@ METHOD_NAMES = ("fedavg", "fedprox", "feddistill", "feddistill_fl", "fedensemble
 
 @dataclass(frozen=True)
 class FedGenConfig(FLConfig):
+    methods = METHOD_NAMES               # what `method` may name (a class attribute, not a field)
     method: str = "fedgen"               # one of METHOD_NAMES (the paper's Table 1 columns; central = the regime reference)
     dataset: str = "mnist"
     model: str = "fedgen_cnn"            # conv(6)-BN-conv(16)-BN, FC 784->32 (latent), FC 32->10

@@ -262,7 +262,7 @@ def report(results: Path, out: Path, scale: str) -> None:
     seeds = sorted({r.seed for r in records if r.setting != REFERENCE})
     wall = summary.groupby("setting")["wall_time_s"].mean()
     rep = Report(out, "FedGen (Zhu, Hong & Zhou, ICML 2021): data-free knowledge distillation for heterogeneous FL",
-                 PAPER, scale, PAPER_ID, [r.commit for r in records])
+                 PAPER, scale, PAPER_ID, records)
     rep.section("Setup", f"""
 MNIST split as the official `generate_niid_dirichlet.py --sampling_ratio {cfg['fedgen_sampling_ratio']}`: from every class
 min(ratio × N / users, ratio × n_class) = 1,500 images, so {int(main_grid(summary)['n_train'].iloc[0]):,} training images, cut over
@@ -293,7 +293,7 @@ only MNIST is run.
     rep.table("paper_style", table_paper_style(hist),
               "The paper's statistic exactly: top-5 rounds of each seed pooled (values = 5 × seeds), mean ± std")
     rep.section("Claims")
-    rep.add_claims(spec["claims"], summary)
+    rep.add_claims(spec["claims"], summary, spec)
     rep.section("Results")
     rep.figure("curves_paper_protocol", fig_curves(hist, "paper_acc", "accuracy (%)",
                                                    "Paper protocol: per-user label-restricted test splits, own BN statistics"),

@@ -173,7 +173,7 @@ def teacher_loss(logits: torch.Tensor, y: torch.Tensor, weights: torch.Tensor, h
     """The generator's teacher loss, summed over users. logits [K, B, C] (each user's last layer on G(y)),
     y [B], weights [C, K] from `label_weights`.
 
-    per_sample: sum_k mean_i[ CE_k,i * w(y_i, k) ]  (what the paper and the brief describe).
+    per_sample: sum_k mean_i[ CE_k,i * w(y_i, k) ]  (what the paper describes).
     official:   sum_k mean_i[CE_k,i] * mean_i[w(y_i, k)]: serverpFedGen.train_generator multiplies a [B] loss by
                 a [B, 1] weight, which broadcasts to [B, B] before the mean, so each user's weight is its batch
                 average, not per sample."""

@@ -11,3 +11,11 @@ PAPER = ("Gihun Lee, Minchan Jeong, Yongjin Shin, Sangmin Bae and Se-Young Yun. 
          "Knowledge by Not-True Distillation in Federated Learning. NeurIPS 2022. arXiv:2106.03097 "
          "(v1, 2021: 'Preservation of the Global Knowledge by Not-True Self Knowledge Distillation in Federated "
          "Learning', which proposes FedLSD). Code: github.com/Lee-Gihun/FedNTD")
+
+# The summary metrics its runs produce (common/experiments.py checks every claim, regime and `reported:`
+# metric against these before any job; fnmatch patterns allowed): the engine's and method.py's train (the
+# forgetting probe's averages).
+SUMMARY_METRICS = (
+    "final_test_acc", "best_test_acc", "last5_test_acc", "bytes_down", "bytes_up", "final_personal_acc",
+    "out_before", "out_after", "in_before", "in_after", "official_out_before", "official_out_after",
+    "out_forgetting", "final_min_class_acc")

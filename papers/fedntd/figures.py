@@ -166,7 +166,7 @@ def report(results: Path, out: Path, scale: str) -> None:
     spec, records, hist, summary = load_results(PAPER_ID, results, scale)
     cfg = next((r.config for r in records if r.setting == "fedavg_s2"), records[0].config)
     rep = Report(out, "FedNTD (Lee et al., NeurIPS 2022): not-true distillation", PAPER, scale, PAPER_ID,
-                 [r.commit for r in records])
+                 records)
     fl = summary[summary["setting"] != "central_ref"]
     rep.section("Setup", f"""
 {cfg['dataset'].upper()}, {cfg['train_subset'] or 'all'} training images split over {cfg['n_clients']} clients

@@ -279,7 +279,7 @@ def report(results: Path, out: Path, scale: str) -> None:
     drop_ops = int(summary.loc[summary["setting"] == "drop99", "dropping_ops"].iloc[0])
     at = model["claim_at"]
     rep = Report(out, "Gradient dropping (Aji & Heafield, 2017): sparse communication", PAPER, scale, PAPER_ID,
-                 [r.commit for r in records])
+                 records)
     rep.section("Setup", f"""
 Simulated synchronous data parallelism: {cfg['workers']} workers, each with an IID shard of MNIST and a batch of
 {cfg['batch_size']}; every step each worker adds its residual to its gradient, keeps the entries above the
@@ -298,18 +298,19 @@ understates them: they are memory-bound); communication = the worker's push (the
 {cfg['workers']}) + its fetch of the parameter delta. With SGD that delta is as sparse as the union of the pushed
 indices, so it is counted as index+value pairs; dense runs push and fetch dense float32. Time = operations /
 rate + bytes / bandwidth, swept over {', '.join(f'{r:g}' for r in model['tflops'])} TFLOP/s and
-{', '.join(f'{b:g}' for b in model['gbps'])} Gb/s. The paper claim is judged at {_label(at['tflops'], at['gbps'])}
-(a GPU-class rate and a PCIe-class link, like the paper's 4 GPUs in one machine); no wall-clock time from this
-shared machine enters any number.
+{', '.join(f'{b:g}' for b in model['gbps'])} Gb/s. The speed-up claim is computed at {_label(at['tflops'], at['gbps'])}
+(a GPU-class rate and a PCIe-class link, like the paper's 4 GPUs in one machine) and shown as illustrative: both
+rates are assumed, not measured, so they and not training set its value. No wall-clock time from this shared
+machine enters any number.
 """)
     rep.regime(spec, summary)
     rep.text(reference_reading(hist))
     if (hist["setting"] == "central_ref").any():
         rep.figure("reference", fig_reference(hist), "Central reference: test accuracy over its training")
     rep.section("The paper's numbers beside ours")
-    rep.table("paper_vs_ours", paper_vs_ours(spec["reported"], summary), "Paper vs ours (provenance tags: see shared/papers/README.md)")
+    rep.table("paper_vs_ours", paper_vs_ours(spec["reported"], summary), "Paper vs ours (provenance: [abs] = the paper's abstract, [mem] = recalled from the paper, unverified)")
     rep.section("Claims")
-    rep.add_claims(spec["claims"], summary)
+    rep.add_claims(spec["claims"], summary, spec)
     rep.section("Results")
     rep.table("results", table_results(summary), f"Final and best test accuracy and traffic ({scale})")
     sweep = speedups(hist, summary, model)

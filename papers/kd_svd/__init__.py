@@ -18,3 +18,11 @@ PAPER = ("Seung Hyun Lee, Dae Ha Kim and Byung Cheol Song. Self-supervised Knowl
          "Seunghyun Lee and Byung Cheol Song. Knowledge Transfer via Decomposing Essential Information in "
          "Convolutional Neural Networks. IEEE TNNLS 33(1):366-377, 2022. doi:10.1109/TNNLS.2020.3027837 "
          "(KD-EID; code: KD_methods_with_TF nets/SVP.py::SVD_eid).")
+
+# The summary metrics its runs produce (common/experiments.py checks every claim, regime and `reported:`
+# metric against these before any job; fnmatch patterns allowed): method.py's student run and `over_ce`, which
+# figures.py's runs_frame adds.
+SUMMARY_METRICS = (
+    "final_test_acc", "best_test_acc", "final_agreement", "final_kl_teacher_student", "teacher_test_acc",
+    "grad_ratio", "step_s", "train_images", "test_images", "dist_loss_s", "relation_distance",
+    "relation_sample", "teacher_unchanged", "over_ce")

@@ -5,7 +5,7 @@ Both extend `common.train.TrainConfig`, whose defaults are already the author's 
 epochs, batch 128, weight decay 5e-4 on every weight, flip + pad-4 crop). The network is that benchmark's
 ResNet (`nets/ResNet.py`): a 3×3 stem of `widths[0]` channels, then 3 stages of `blocks` basic blocks with
 `widths[1:]` channels (strides 1, 2, 2); the student has 1 block per stage, the teacher 5. The code's widths are
-(32, 64, 128, 256) for 32×32 inputs (the brief's "32/64/128" names the stem and the first two stages).
+(32, 64, 128, 256) for 32×32 inputs ("32/64/128" in our notes on the KDTF code names the stem and the first two stages).
 
 A student run reads its teacher from a file (`python -m papers.kd_svd teacher ...`); the two configs must agree
 on the data set, the test images and the widths (`check_compatible`). experiments.yaml gives the teacher's

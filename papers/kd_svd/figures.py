@@ -239,11 +239,12 @@ def report(results: Path, out: Path, scale: str) -> None:
     runs = runs_frame(records)
     teachers = teacher_records(results)
     rep = Report(out, "KD-SVD and KD-EID (Lee, Kim and Song, ECCV 2018; Lee and Song, TNNLS 2022): distilling "
-                 "singular vectors", PAPER, scale, PAPER_ID, [r.commit for r in records + teachers])
+                 "singular vectors", PAPER, scale, PAPER_ID, records + teachers)
     rep.section("Setup", setup_text(spec, records, runs, teachers))
     rep.paper_and_claims(spec, runs, "The paper's numbers ([README-KDTF]: the author's ResNet32 → ResNet8 "
-                         "benchmark on CIFAR-100, mean of 5 runs; [README-TF2]: WRN40-4 → WRN16-4 on a share of "
-                         "CIFAR-100's training set; [README-SSKD]: the ECCV table) beside ours",
+                         "benchmark on CIFAR-100, mean of 5 runs, rows of its K = 4 code; [README-TF2]: WRN40-4 → WRN16-4 on a "
+                         "share of CIFAR-100's training set, a table withdrawn by its author (only at 0474ff4); "
+                         "[README-SSKD]: the ECCV table) beside ours",
                          note=spec.get("paper_note", ""))
     rep.section("Results")
     rep.table("results", table_results(runs), f"Every setting at the {scale} scale, mean ± std over seeds")

@@ -14,3 +14,11 @@ same one-step adaptation on MNIST and CIFAR-10 with a small MLP.
 PAPER = ("Alireza Fallah, Aryan Mokhtari and Asuman Ozdaglar. Personalized Federated Learning with Theoretical "
          "Guarantees: A Model-Agnostic Meta-Learning Approach. NeurIPS 2020. arXiv:2002.07948. "
          "No official code.")
+
+# The summary metrics its runs produce (common/experiments.py checks every claim, regime and `reported:`
+# metric against these before any job; fnmatch patterns allowed): the engine's and method.py's train (the
+# personalised evaluation's final values; A = adapt_extra_steps = 5).
+SUMMARY_METRICS = (
+    "final_test_acc", "best_test_acc", "last5_test_acc", "bytes_down", "bytes_up", "final_personal_acc",
+    "final_pers_acc_0", "final_pers_loss_0", "final_pers_acc_1", "final_pers_loss_1", "final_pers_acc_5",
+    "final_pers_loss_5", "final_meta_objective", "final_adapt_gain", "total_grad_evals")

@@ -1,7 +1,7 @@
 """Per-FedAvg's configuration: `FLConfig` plus the method's step sizes and the paper's user split.
 
 The paper's tables and hyper-parameters could not be read here (no official code, the PDF not retrievable), so
-the defaults are the values recalled in the brief ([mem], unverified) or those of the unofficial
+the defaults are recalled values ([mem], unverified) or those of the unofficial
 KarhouTam/Per-FedAvg ([KT]); each field says which. `lr` is the outer step beta (also the local SGD step of
 FedAvg and Local-only), `inner_lr` the inner step alpha (also the step of the personalised evaluation's
 adaptation, for every method).

@@ -200,7 +200,7 @@ def report(results: Path, out: Path, scale: str) -> None:
     runs = runs_frame(records)
     cfg = next((r.config for r in records if r.setting == "perfedavg_hf"), records[0].config)
     rep = Report(out, "Per-FedAvg (Fallah, Mokhtari and Ozdaglar, NeurIPS 2020): personalised FL as MAML", PAPER,
-                 scale, PAPER_ID, [r.commit for r in records])
+                 scale, PAPER_ID, records)
     main = summary[summary["setting"].isin(MAIN)]
     rep.section("Setup", f"""
 {cfg['dataset'].upper()} (and CIFAR-10 at the paper scale), {cfg['n_clients']} users of {cfg['client_samples']}
@@ -220,8 +220,8 @@ cost).
 
 **Evaluation protocol.** {spec['protocol']}
 """)
-    rep.paper_and_claims(spec, summary, "Paper vs ours (provenance: [mem] recalled in the brief from the paper, "
-                         "unverified; the paper's table was not retrieved, so no number of theirs is shown)")
+    rep.paper_and_claims(spec, summary, "Paper vs ours (provenance: [mem] recalled, unverified: the paper's table "
+                         "was not retrieved, so no number of theirs is shown)")
     rep.section("Results")
     rep.table("personalised", table_personalised(summary, runs),
               f"Personalised accuracy at the final round, before and after adaptation, mean ± std over seeds "

@@ -1,4 +1,4 @@
-"""Our class-skewed user split (the brief's quick setting, section 5), registered as `dominant_classes`.
+"""Our class-skewed user split (ours, not the paper's split: see README.md), registered as `dominant_classes`.
 
 The paper gives every user samples of a limited subset of classes with a two-parameter (a, b) scheme that we
 could not verify, so we use (and say so in the README) a split of the same kind:

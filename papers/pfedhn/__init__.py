@@ -13,3 +13,13 @@ client) with 10, 50 and 100 clients, and that a novel client can be served by le
 PAPER = ("Aviv Shamsian, Aviv Navon, Ethan Fetaya and Gal Chechik. Personalized Federated Learning using "
          "Hypernetworks. ICML 2021, PMLR 139:9489-9502. arXiv:2103.04628. Official code: "
          "https://github.com/AvivSham/pFedHN")
+
+# The summary metrics its runs produce (common/experiments.py checks every claim, regime and `reported:`
+# metric against these before any job; fnmatch patterns allowed): the engine's and method.py's run (the best-
+# validation round, the novel clients').
+SUMMARY_METRICS = (
+    "final_test_acc", "best_test_acc", "last5_test_acc", "bytes_down", "bytes_up", "final_personal_acc",
+    "best_val_test_acc", "best_val_acc", "best_visits", "final_val_acc", "final_client_acc_min",
+    "final_client_acc_max", "final_client_acc_std", "train_samples", "unused_train_samples",
+    "final_global_test_acc", "label_mix_match", "novel_test_acc_before", "novel_val_acc_before", "novel_test_acc",
+    "novel_val_acc", "trained_test_acc", "novel_minus_trained", "novel_tuning_gain")

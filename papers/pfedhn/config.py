@@ -23,6 +23,7 @@ BASELINES = ("fedavg", "local", "fedper")
 
 @dataclass(frozen=True)
 class PFedHNConfig(FLConfig):
+    methods = HYPERNETWORKS + BASELINES   # what `method` may name (a class attribute, not a field)
     method: str = "pfedhn"                # one of HYPERNETWORKS or BASELINES
     dataset: str = "cifar10"
     model: str = "pfedhn_cnn"             # CNNTarget: conv 16, conv 32, FC 120, 84, C

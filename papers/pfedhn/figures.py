@@ -133,7 +133,7 @@ def report(results: Path, out: Path, scale: str) -> None:
     runs = runs_frame(records)
     cfg = next((r.config for r in records if r.setting == "pfedhn"), records[0].config)
     rep = Report(out, "pFedHN (Shamsian, Navon, Fetaya and Chechik, ICML 2021): personalised FL with "
-                 "hypernetworks", PAPER, scale, PAPER_ID, [r.commit for r in records])
+                 "hypernetworks", PAPER, scale, PAPER_ID, records)
     main = summary[summary["setting"].isin(MAIN)]
     embed = cfg["embed_dim"] if cfg["embed_dim"] != -1 else int(1 + cfg["n_clients"] / 4)
     rep.section("Setup", f"""
@@ -154,8 +154,8 @@ methods' cost).
 
 **Evaluation protocol.** {spec['protocol']}
 """)
-    rep.paper_and_claims(spec, summary, "Paper vs ours (provenance as in the brief: [wiz] the wizwand.com listing "
-                         "of the paper's Table 1, [mem] recalled, unverified). Ours: best-val test accuracy, "
+    rep.paper_and_claims(spec, summary, "Paper vs ours (provenance: [wiz] the wizwand.com listing of the paper's "
+                         "Table 1, [mem] recalled, unverified). Ours: best-val test accuracy, "
                          "mean over seeds, at this scale's budget and data (see the setup)")
     rep.section("Results")
     rep.table("accuracy", table_accuracy(summary, runs),

@@ -16,3 +16,12 @@ PAPER = ("Brian Lester, Rami Al-Rfou and Noah Constant. "
          "The Power of Scale for Parameter-Efficient Prompt Tuning. "
          "EMNLP 2021, pp. 3045-3059. arXiv:2104.08691. "
          "Official code: https://github.com/google-research/prompt-tuning (T5X / Flaxformer / JAX).")
+
+# The summary metrics its runs produce (common/experiments.py checks every claim, regime and `reported:`
+# metric against these before any job; fnmatch patterns allowed): method.py's run (the ensemble's where
+# ensemble_size > 1).
+SUMMARY_METRICS = ("test_acc", "val_acc", "best_step", "step_s", "load_s", "feature_s", "parameters",
+    "embedding_parameters", "layers", "hidden_size", "trainable_parameters", "train_examples", "val_examples",
+    "test_examples", "encoder_unchanged", "member_test_acc", "member_val_acc", "mean_member_test_acc",
+    "best_member_test_acc", "val_best_member_test_acc", "ensemble_test_acc", "ensemble_gain_over_mean",
+    "ensemble_minus_best")

