@@ -167,14 +167,14 @@ def main(paper: str, config_cls, run_fn: Callable, report_fn: Callable, argv: li
             if args.threads < 1:
                 raise experiments.ConfigError(f"--threads must be >= 1, got {args.threads}")
             dev = device.resolve(args.device)
-            cfg = build(paper, config_cls, args.scale, args.setting, parse_sets(args.set))
+            sets = parse_sets(args.set)
+            cfg = build(paper, config_cls, args.scale, args.setting, sets)
             _check_writable(args.out)
             sys.stdout.reconfigure(line_buffering=True)  # per-round lines reach a redirected log as they happen
             torch.set_num_threads(args.threads)
             seed_everything(args.seed)
             record = RunRecord(paper=paper, setting=args.setting, seed=args.seed, scale=args.scale,
-                               overrides={**experiments.resolve(paper, args.scale, args.setting),
-                                          **parse_sets(args.set)},
+                               overrides={**experiments.resolve(paper, args.scale, args.setting), **sets},
                                config={k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
                                device=device.prepare(dev))
             start = time.perf_counter()

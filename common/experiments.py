@@ -183,8 +183,9 @@ def seeds(paper: str, scale: str, override: list[int] | None = None) -> list[int
 
 def run_ids(paper: str, scale: str, seed_override: list[int] | None = None) -> list[str]:
     """`<setting>/seed<k>` for every run of this paper at this scale (a setting listed under the scale's
-    `setting_seeds` runs with its own seeds, e.g. one reference run trained to convergence)."""
-    own = scale_spec(paper, scale).get("setting_seeds", {})
+    `setting_seeds` runs with its own seeds, e.g. one reference run trained to convergence). A `seed_override`
+    (the workflow's `--config seeds=...`) replaces every seed list, `setting_seeds` included."""
+    own = {} if seed_override else scale_spec(paper, scale).get("setting_seeds", {})
     return [f"{s}/seed{k}" for s in settings(paper, scale)
             for k in (own[s] if s in own else seeds(paper, scale, seed_override))]
 

@@ -96,8 +96,11 @@ def load_results(paper: str, results: Path, scale: str):
 
     claims.check(paper)
     wanted = set(experiments.run_ids(paper, scale, provenance.READ["seeds"]))
+    current = {s: _canonical(experiments.resolve(paper, scale, s)) for s in experiments.settings(paper, scale)}
+    # a record made before records kept their overrides (None) is judged by the code check alone
     records = [r for r in load_records(Path(results).glob("*/seed*.json"))
-               if f"{r.setting}/seed{r.seed}" in wanted and _same_setting(r, paper, scale)]
+               if f"{r.setting}/seed{r.seed}" in wanted
+               and (r.overrides is None or _canonical(r.overrides) == current[r.setting])]
     if not records:
         raise experiments.ConfigError(f"no run records of the current settings under {results}: run the workflow "
                                       f"first (snakemake reports/{paper})")
@@ -112,14 +115,9 @@ def load_results(paper: str, results: Path, scale: str):
     return experiments.experiments(paper), records, history_frame(records), summary_frame(records)
 
 
-def _same_setting(record, paper: str, scale: str) -> bool:
-    """Was the record made with the setting as experiments.yaml resolves it now (no --set, no older values)?"""
-    from common import experiments
-
-    if record.overrides is None:   # made before records kept their overrides: the code check decides
-        return True
-    return json.dumps(record.overrides, sort_keys=True, default=str) == \
-        json.dumps(experiments.resolve(paper, scale, record.setting), sort_keys=True, default=str)
+def _canonical(overrides: dict) -> str:
+    """A setting's resolved overrides as comparable text (a record's, read back from JSON, or experiments.yaml's)."""
+    return json.dumps(overrides, sort_keys=True, default=str)
 
 
 def stale_runs(records) -> list[dict]:

@@ -167,6 +167,8 @@ def clear_stale_backups(workdir: str = ".") -> list[str]:
     found = [p for p in backups.rglob("claims.json")]
     done = [publish.clear_stale_backup(p.parent.relative_to(backups), Path(workdir)) for p in found]
     return [d for d in done if d]
+
+
 def check_before_running(paper_list: list[str], scale: str, device: str | None = None) -> None:
     """Every setting, claim and data set of the requested papers at this scale (common.validate), and the device
     when given (the jobs run on this machine)."""
@@ -256,16 +258,8 @@ def paper_scale_estimate(paper_list: list[str], scale: str) -> str:
     return "\n".join(lines)
 
 
-def run_ids(paper: str, scale: str, seeds: list[int] | None) -> list[str]:
-    """The runs of a build: the scale's own, or with `seeds` every setting with exactly those seeds (the
-    override replaces `setting_seeds` too)."""
-    if not seeds:
-        return experiments.run_ids(paper, scale)
-    return [f"{s}/seed{k}" for s in experiments.settings(paper, scale) for k in seeds]
-
-
 def run_records(paper: str, scale: str, seeds: list[int] | None) -> list[str]:
-    return [f"results/{scale}/{paper}/{run}.json" for run in run_ids(paper, scale, seeds)]
+    return [f"results/{scale}/{paper}/{run}.json" for run in experiments.run_ids(paper, scale, seeds)]
 
 
 # ---------------------------------------------------------------------------------------- cached teachers
@@ -311,7 +305,7 @@ def teacher_records(paper: str, scale: str, seeds: list[int] | None) -> list[str
     """The teachers' records a report reads (one per seed its runs use), none for a paper without a teacher."""
     if teacher_spec(paper, scale) is None:
         return []
-    used = sorted({int(run.rsplit("seed", 1)[1]) for run in run_ids(paper, scale, seeds)})
+    used = sorted({int(run.rsplit("seed", 1)[1]) for run in experiments.run_ids(paper, scale, seeds)})
     return [teacher_record(paper, scale, seed) for seed in used]
 
 

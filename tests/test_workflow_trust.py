@@ -52,7 +52,7 @@ def test_seeds_replace_every_seed_list_setting_seeds_included():
 
     own = experiments.scale_spec(PAPER, "quick")["setting_seeds"]
     assert own["central_ref"] == [0]   # the case of the issue: a reference run with its own seeds
-    runs = workflow.run_ids(PAPER, "quick", [1])
+    runs = experiments.run_ids(PAPER, "quick", [1])
     assert runs == [f"{s}/seed1" for s in experiments.settings(PAPER, "quick")]
     assert workflow.report_dir(PAPER, "quick", [1]) == f"reports/quick-seeds-1/{PAPER}"
     assert workflow.report_dir(PAPER, "quick") == f"reports/{PAPER}"

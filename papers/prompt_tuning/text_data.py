@@ -35,8 +35,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from common.data import (DataCorruptError, DataNotFoundError, UnknownDataError, verified_sha256, cache_dir,
-                         data_root)
+from common.data import (DataCorruptError, DataNotFoundError, UnknownDataError, cache_dir,
+                         data_root, sha256)
 
 VAL_FRACTION = 0.1
 TEST_FRACTION = 0.1
@@ -235,7 +235,7 @@ def _verify(name: str, spec: TaskSpec) -> str:
             f"{data_root()} (set by $REPLICATIONS_DATA, else data_root in config/config.yaml): copy "
             "shared/data/text/ there (original files, see shared/data/MANIFEST.md)")
     for rel, sha in files.items():
-        if verified_sha256(root / rel) != sha:
+        if sha256(root / rel) != sha:
             raise DataCorruptError(f"{root / rel} does not match its sha256 in shared/data/MANIFEST.md: "
                                    "replace it with the original (check with python ../shared/data/check.py)")
     return hashlib.sha1("".join(sorted(files.values())).encode()).hexdigest()[:12]
